@@ -1,0 +1,1 @@
+//! Subject syntax and matching (to be written).

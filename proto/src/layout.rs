@@ -1,0 +1,40 @@
+//! Paths inside a run directory, relative to it. Worker and CLI agree on them through here.
+
+use crate::{Stream, TaskId};
+use std::path::PathBuf;
+
+pub const SCENARIO: &str = "scenario.yaml";
+pub const CONFIG: &str = "config.yaml";
+pub const PLAN: &str = "plan.json";
+pub const LOGS: &str = "logs.jsonl";
+pub const SUMMARY: &str = "summary.json";
+pub const REPORT: &str = "report.md";
+pub const ARTIFACTS_DIR: &str = "artifacts";
+pub const ARTIFACTS_INDEX: &str = "artifacts.json";
+/// The embedded run's sled store.
+pub const STATE_DIR: &str = "state";
+
+/// `tasks/<task>/<attempt>/<stdout|stderr>`
+pub fn attempt_output(task: &TaskId, attempt: u32, stream: Stream) -> PathBuf {
+    attempt_dir(task, attempt).join(stream.as_str())
+}
+
+/// `tasks/<task>/<attempt>`
+pub fn attempt_dir(task: &TaskId, attempt: u32) -> PathBuf {
+    PathBuf::from("tasks").join(task.as_str()).join(attempt.to_string())
+}
+
+/// `work/<task>`: the task's working directory, kept across its attempts.
+pub fn workspace(task: &TaskId) -> PathBuf {
+    PathBuf::from("work").join(task.as_str())
+}
+
+/// `artifacts/<task>/<path>`
+pub fn artifact(task: &TaskId, path: &str) -> PathBuf {
+    PathBuf::from(ARTIFACTS_DIR).join(task.as_str()).join(path)
+}
+
+/// Where a dependency's artifact is staged inside a workspace: `inputs/<task>/<path>`.
+pub fn staged_input(task: &TaskId, path: &str) -> PathBuf {
+    PathBuf::from("inputs").join(task.as_str()).join(path)
+}
