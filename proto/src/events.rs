@@ -69,7 +69,9 @@ impl AttemptResult {
 #[serde(tag = "status", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Outcome {
     Succeeded {},
-    Failed { failure: Failure },
+    Failed {
+        failure: Failure,
+    },
     /// Dry run: nothing was spawned; `argv` in `Started` is what would have run.
     DryRun {},
 }
@@ -165,16 +167,38 @@ pub struct RunOutcome {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunEvent {
     /// An attempt was queued for a worker.
-    TaskDispatched { task_id: TaskId, attempt: u32 },
+    TaskDispatched {
+        task_id: TaskId,
+        attempt: u32,
+    },
     /// An attempt failed and another is scheduled.
-    TaskRetrying { task_id: TaskId, attempt: u32, delay_ms: u64, failure: Failure },
-    TaskSucceeded { task_id: TaskId, attempt: u32 },
+    TaskRetrying {
+        task_id: TaskId,
+        attempt: u32,
+        delay_ms: u64,
+        failure: Failure,
+    },
+    TaskSucceeded {
+        task_id: TaskId,
+        attempt: u32,
+    },
     /// The task failed for good (no retries left, or not retryable).
-    TaskFailed { task_id: TaskId, attempt: u32, failure: Failure },
-    TaskSkipped { task_id: TaskId, reason: String },
-    TaskCancelled { task_id: TaskId },
+    TaskFailed {
+        task_id: TaskId,
+        attempt: u32,
+        failure: Failure,
+    },
+    TaskSkipped {
+        task_id: TaskId,
+        reason: String,
+    },
+    TaskCancelled {
+        task_id: TaskId,
+    },
     /// A cancel was received; running attempts are being ended.
-    Cancelling { reason: String },
+    Cancelling {
+        reason: String,
+    },
     /// The run is over; nothing more will be published for it.
     Finished(RunOutcome),
 }

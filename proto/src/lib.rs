@@ -22,14 +22,14 @@ pub mod state;
 pub mod subjects;
 pub mod time;
 
+pub use envelope::Ctx;
 pub use envelope::{Envelope, PROTOCOL_VERSION};
 pub use events::{
-    ArtifactRecord, AttemptResult, Control, Outcome, RunEvent, RunOutcome, RunStatus, Stream, TaskEvent,
-    TaskStatus,
+    ArtifactRecord, AttemptResult, Control, Outcome, RunEvent, RunOutcome, RunStatus, Stream,
+    TaskEvent, TaskStatus,
 };
 pub use failure::{Failure, FailureKind};
 pub use ids::{MessageId, RunId, SpanId, TaskId, TraceId};
-pub use envelope::Ctx;
 pub use plan::{
     Backoff, Dispatch, ExecSpec, InputRef, Plan, PlanProblem, RetryPolicy, RunOptions, RunReply,
     RunRequest, TaskSpec, Tool,

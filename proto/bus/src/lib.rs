@@ -92,8 +92,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn subscribe(&self, pattern: &str) -> Result<Subscription, BusError>;
 
     /// Subscribes as a member of a queue group: each message goes to one member of the group.
-    async fn queue_subscribe(&self, pattern: &str, group: &str)
-    -> Result<Subscription, BusError>;
+    async fn queue_subscribe(&self, pattern: &str, group: &str) -> Result<Subscription, BusError>;
 
     /// Sends a request and waits for the first reply.
     ///
@@ -137,7 +136,11 @@ pub struct QueueConfig {
 }
 
 impl QueueConfig {
-    pub fn new(name: impl Into<String>, subjects: Vec<String>, consumer: impl Into<String>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        subjects: Vec<String>,
+        consumer: impl Into<String>,
+    ) -> Self {
         Self {
             name: name.into(),
             subjects,
@@ -179,8 +182,7 @@ pub trait WorkQueue: Send + Sync {
     /// Deliveries that exhausted `max_deliver` (JetStream's MAX_DELIVERIES advisory). Each one is
     /// reported once to every receiver taken before it happened. An exhausted message stays
     /// stored until it is removed by sequence, as on JetStream.
-    async fn exhausted(&self)
-    -> Result<tokio::sync::mpsc::UnboundedReceiver<Exhausted>, BusError>;
+    async fn exhausted(&self) -> Result<tokio::sync::mpsc::UnboundedReceiver<Exhausted>, BusError>;
 
     /// Removes a stored message by sequence (the DLQ handler's `Term`).
     async fn remove(&self, sequence: u64) -> Result<(), BusError>;
