@@ -1,0 +1,298 @@
+//! One JSON snapshot per wire message type, so a wire change is a reviewable diff, and a
+//! round-trip check that each decodes back to itself through the codec.
+
+use orchestra_proto::plan::{Plan, PlanProblem, RunOptions};
+use orchestra_proto::{
+    ArtifactRecord, AttemptRecord, AttemptResult, Backoff, Control, Ctx, Dispatch, ExecSpec,
+    Failure, FailureKind, InputRef, Outcome, RetryPolicy, RunEvent, RunId, RunOutcome, RunRecord,
+    RunReply, RunRequest, RunStatus, SpanId, Stream, TaskEvent, TaskId, TaskRecord, TaskSpec,
+    TaskStatus, Timestamp, Tool, TraceId, codec,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+const T0: Timestamp = Timestamp::from_millis(1_764_065_277_000);
+
+fn ctx() -> Ctx {
+    Ctx::run(
+        RunId::new_unchecked("20251125T100757Z-a1b2c3"),
+        TraceId::new_unchecked("4bf92f3577b34da6a3ce929d0e0e4736"),
+    )
+    .with_parent(SpanId::new_unchecked("00f067aa0ba902b7"))
+}
+
+fn task_ctx() -> Ctx {
+    ctx().task(TaskId::new_unchecked("build"), 2)
+}
+
+/// Wraps a body in a deterministic envelope, snapshots it, and checks the round trip.
+fn check<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, ctx: &Ctx, body: T) {
+    let mut env = ctx.envelope(T0, body);
+    env.id = orchestra_proto::MessageId::new_unchecked("0123456789abcdef0123456789abcdef");
+    let bytes = codec::encode(&env);
+    let back = codec::decode::<T>(&bytes).expect("round trip");
+    assert_eq!(back, env, "{name} does not round-trip");
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    insta::assert_json_snapshot!(name, value);
+}
+
+fn spec() -> TaskSpec {
+    TaskSpec {
+        id: TaskId::new_unchecked("build"),
+        description: Some("compile the project".into()),
+        tool: Tool::Exec(ExecSpec { program: "make".into(), args: vec!["-j2".into()] }),
+        depends_on: vec![TaskId::new_unchecked("fetch")],
+        env: BTreeMap::from([("CC".into(), "gcc".into())]),
+        timeout_ms: 60_000,
+        retry: RetryPolicy {
+            max_retries: 2,
+            retry_on_exit_codes: vec![75],
+            backoff: Backoff::default(),
+        },
+        outputs: vec!["target/*.bin".into()],
+    }
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        max_parallel: 2,
+        pool: "default".into(),
+        dry_run: false,
+        output_cap_bytes: 1 << 20,
+        kill_grace_ms: 2000,
+        max_tasks: 1000,
+    }
+}
+
+fn failure() -> Failure {
+    Failure {
+        kind: FailureKind::ExitCode,
+        message: "`make` exited with code 2".into(),
+        chain: vec!["make: *** [all] Error 1".into()],
+        exit_code: Some(2),
+        signal: None,
+    }
+}
+
+fn artifact() -> ArtifactRecord {
+    ArtifactRecord {
+        task: TaskId::new_unchecked("build"),
+        path: "target/app.bin".into(),
+        size: 12,
+        sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+    }
+}
+
+fn plan() -> Plan {
+    Plan { name: "hello".into(), goal: Some("say hello".into()), tasks: vec![spec()] }
+}
+
+#[test]
+fn run_request_start() {
+    check(
+        "run_request_start",
+        &ctx(),
+        RunRequest::Start { plan: plan(), options: options(), plan_only: false },
+    );
+}
+
+#[test]
+fn run_request_resume() {
+    check("run_request_resume", &ctx(), RunRequest::Resume {});
+}
+
+#[test]
+fn run_reply_variants() {
+    check(
+        "run_reply_accepted",
+        &ctx(),
+        RunReply::Accepted { tasks: 1, order: vec![TaskId::new_unchecked("build")] },
+    );
+    check(
+        "run_reply_resumed",
+        &ctx(),
+        RunReply::Resumed {
+            status: RunStatus::Running,
+            tasks: BTreeMap::from([(TaskId::new_unchecked("build"), TaskStatus::Succeeded)]),
+        },
+    );
+    check(
+        "run_reply_rejected",
+        &ctx(),
+        RunReply::Rejected {
+            problems: vec![PlanProblem {
+                code: "cycle".into(),
+                path: "tasks[0].depends_on".into(),
+                message: "cycle: a → b → a".into(),
+                hint: Some("remove one of the dependencies".into()),
+            }],
+        },
+    );
+}
+
+#[test]
+fn dispatch() {
+    check(
+        "dispatch",
+        &task_ctx(),
+        Dispatch {
+            task: spec(),
+            attempt: 2,
+            inputs: vec![InputRef {
+                task: TaskId::new_unchecked("fetch"),
+                path: "src.tar".into(),
+                size: 10,
+                sha256: "ab".repeat(32),
+            }],
+            output_cap_bytes: 1 << 20,
+            kill_grace_ms: 2000,
+            dry_run: false,
+        },
+    );
+}
+
+#[test]
+fn task_events() {
+    check(
+        "task_event_started",
+        &task_ctx(),
+        TaskEvent::Started {
+            worker_id: "w-1".into(),
+            pid: Some(4242),
+            argv: vec!["make".into(), "-j2".into()],
+            started_at: T0,
+        },
+    );
+    check(
+        "task_event_output",
+        &task_ctx(),
+        TaskEvent::Output { stream: Stream::Stderr, seq: 3, chunk: "warning: x\n".into() },
+    );
+    check(
+        "task_event_output_capped",
+        &task_ctx(),
+        TaskEvent::OutputCapped { stream: Stream::Stdout, limit_bytes: 1024 },
+    );
+    check("task_event_heartbeat", &task_ctx(), TaskEvent::Heartbeat {});
+    check(
+        "task_event_finished_failed",
+        &task_ctx(),
+        TaskEvent::Finished(Box::new(AttemptResult {
+            outcome: Outcome::Failed { failure: failure() },
+            worker_id: "w-1".into(),
+            started_at: T0,
+            finished_at: Timestamp::from_millis(T0.as_millis() + 1500),
+            exit_code: Some(2),
+            signal: None,
+            stdout_bytes: 100,
+            stderr_bytes: 20,
+            artifacts: vec![],
+        })),
+    );
+    check(
+        "task_event_finished_succeeded",
+        &task_ctx(),
+        TaskEvent::Finished(Box::new(AttemptResult {
+            outcome: Outcome::Succeeded {},
+            worker_id: "w-1".into(),
+            started_at: T0,
+            finished_at: Timestamp::from_millis(T0.as_millis() + 1500),
+            exit_code: Some(0),
+            signal: None,
+            stdout_bytes: 100,
+            stderr_bytes: 0,
+            artifacts: vec![artifact()],
+        })),
+    );
+}
+
+#[test]
+fn run_events() {
+    let t = || TaskId::new_unchecked("build");
+    check(
+        "run_event_task_dispatched",
+        &ctx(),
+        RunEvent::TaskDispatched { task_id: t(), attempt: 1 },
+    );
+    check(
+        "run_event_task_retrying",
+        &ctx(),
+        RunEvent::TaskRetrying { task_id: t(), attempt: 1, delay_ms: 500, failure: failure() },
+    );
+    check("run_event_task_succeeded", &ctx(), RunEvent::TaskSucceeded { task_id: t(), attempt: 2 });
+    check(
+        "run_event_task_failed",
+        &ctx(),
+        RunEvent::TaskFailed { task_id: t(), attempt: 3, failure: failure() },
+    );
+    check(
+        "run_event_task_skipped",
+        &ctx(),
+        RunEvent::TaskSkipped { task_id: t(), reason: "dependency `fetch` failed".into() },
+    );
+    check("run_event_task_cancelled", &ctx(), RunEvent::TaskCancelled { task_id: t() });
+    check("run_event_cancelling", &ctx(), RunEvent::Cancelling { reason: "interrupted".into() });
+    check(
+        "run_event_finished",
+        &ctx(),
+        RunEvent::Finished(RunOutcome {
+            status: RunStatus::Failed,
+            succeeded: 3,
+            failed: 1,
+            skipped: 2,
+            cancelled: 0,
+        }),
+    );
+}
+
+#[test]
+fn control() {
+    check("control_cancel", &ctx(), Control::Cancel { reason: "interrupted".into() });
+}
+
+#[test]
+fn stored_records() {
+    let run = RunRecord {
+        run_id: RunId::new_unchecked("20251125T100757Z-a1b2c3"),
+        trace_id: TraceId::new_unchecked("4bf92f3577b34da6a3ce929d0e0e4736"),
+        status: RunStatus::Running,
+        plan: plan(),
+        options: options(),
+        created_at: T0,
+        finished_at: None,
+        seed: 7,
+    };
+    insta::assert_json_snapshot!("run_record", run);
+    let mut task = TaskRecord::new(TaskId::new_unchecked("build"));
+    task.status = TaskStatus::Succeeded;
+    task.attempts.push(AttemptRecord {
+        attempt: 1,
+        dispatched_at: T0,
+        worker_id: Some("w-1".into()),
+        started_at: Some(T0),
+        finished_at: Some(T0),
+        exit_code: Some(0),
+        signal: None,
+        failure: None,
+        succeeded: true,
+    });
+    task.artifacts.push(artifact());
+    insta::assert_json_snapshot!("task_record", task);
+    let back: TaskRecord = serde_json::from_value(serde_json::to_value(&task).unwrap()).unwrap();
+    assert_eq!(back, task);
+}
+
+#[test]
+fn decode_rejects_other_versions_and_unknown_fields() {
+    let mut v: serde_json::Value = serde_json::from_slice(&codec::encode(
+        &ctx().envelope(T0, Control::Cancel { reason: "x".into() }),
+    ))
+    .unwrap();
+    v["v"] = 2.into();
+    let err = codec::decode::<Control>(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert_eq!(err.to_string(), "protocol version 2 is not supported (this build speaks 1)");
+    v["v"] = 1.into();
+    v["surprise"] = true.into();
+    assert!(codec::decode::<Control>(&serde_json::to_vec(&v).unwrap()).is_err());
+}
