@@ -21,10 +21,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Envelope<T>, DecodeEr
     struct Version {
         v: u32,
     }
-    if let Ok(Version { v }) = serde_json::from_slice::<Version>(bytes) {
-        if v != PROTOCOL_VERSION {
-            return Err(DecodeError::Version { found: v });
-        }
+    if let Ok(Version { v }) = serde_json::from_slice::<Version>(bytes)
+        && v != PROTOCOL_VERSION
+    {
+        return Err(DecodeError::Version { found: v });
     }
     serde_json::from_slice(bytes).map_err(DecodeError::Json)
 }

@@ -20,6 +20,7 @@ pub mod layout;
 pub mod plan;
 pub mod state;
 pub mod subjects;
+pub mod summary;
 pub mod time;
 
 pub use envelope::Ctx;

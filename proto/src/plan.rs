@@ -63,7 +63,7 @@ pub struct ExecSpec {
 }
 
 /// When and how often a failed attempt is retried.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 = run once).
@@ -91,11 +91,6 @@ impl Default for Backoff {
     }
 }
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self { max_retries: 0, retry_on_exit_codes: Vec::new(), backoff: Backoff::default() }
-    }
-}
 
 /// How a run executes, decided by L1 and fixed for the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,91 @@
+//! `summary.json`: the machine-readable outcome of a run (also `orchestra run --json`).
+
+use crate::{ArtifactRecord, FailureKind, RunStatus, TaskId, TaskStatus, Timestamp};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Summary {
+    /// Version of this document's shape.
+    pub schema_version: u32,
+    pub run_id: String,
+    pub trace_id: String,
+    pub name: String,
+    pub status: RunStatus,
+    pub dry_run: bool,
+    pub started_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+    pub totals: Totals,
+    /// In plan order.
+    pub tasks: Vec<TaskSummary>,
+    pub artifacts: Vec<ArtifactRecord>,
+    /// Failed attempts per failure class (retried ones included).
+    pub failures_by_kind: BTreeMap<FailureKind, u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Totals {
+    pub tasks: u32,
+    pub succeeded: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub cancelled: u32,
+    /// Tasks not finished (an interrupted run).
+    pub unfinished: u32,
+    /// succeeded / tasks, 0.0–1.0.
+    pub success_rate: f64,
+    pub attempts: u32,
+    /// Attempts beyond the first, over all tasks.
+    pub retries: u32,
+    /// Over the durations of every finished attempt.
+    pub attempt_duration_ms: DurationStats,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DurationStats {
+    pub count: u32,
+    pub mean: f64,
+    pub p50: u64,
+    pub p95: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSummary {
+    pub id: TaskId,
+    pub status: TaskStatus,
+    /// Why it was skipped or cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub attempts: Vec<AttemptSummary>,
+    /// Sum of attempt durations.
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttemptSummary {
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<crate::Failure>,
+    /// Relative paths of the attempt's captured output.
+    pub stdout: String,
+    pub stderr: String,
+}
