@@ -129,8 +129,14 @@ impl Bus for MemBus {
         if let Some(queue) = queues.get(&config.name) {
             return Ok(queue.clone());
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(BusError::Queue {
+                queue: config.name.clone(),
+                reason: "work queues need a tokio runtime for their timers".to_owned(),
+            });
+        };
         let queue = MemQueue::new(config, Arc::downgrade(&self.core));
-        tokio::spawn(timer_loop(Arc::downgrade(&queue), queue.wake_timer.clone()));
+        runtime.spawn(timer_loop(Arc::downgrade(&queue), queue.wake_timer.clone()));
         queues.insert(queue.config.name.clone(), queue.clone());
         Ok(queue)
     }
@@ -264,6 +270,14 @@ struct QueueState {
     dedup: HashMap<String, u64>,
     dedup_order: VecDeque<(Instant, String)>,
     exhausted: Vec<mpsc::UnboundedSender<Exhausted>>,
+}
+
+impl QueueState {
+    /// One message stopped counting towards `max_ack_pending`.
+    fn release_slot(&mut self) {
+        debug_assert!(self.ack_pending > 0, "ack_pending accounting");
+        self.ack_pending = self.ack_pending.saturating_sub(1);
+    }
 }
 
 struct Stored {
@@ -406,7 +420,7 @@ impl MemQueue {
         if msg.delivered == 0 {
             msg.slot = Slot::Fresh;
             st.fresh.insert(seq);
-            st.ack_pending -= 1;
+            st.release_slot();
         } else {
             msg.slot = Slot::Redeliver;
             st.redeliver.insert(seq);
@@ -427,13 +441,13 @@ impl MemQueue {
         let Some(msg) = st.messages.get_mut(&seq) else { return };
         if self.config.max_deliver.is_some_and(|max| msg.delivered >= max) {
             msg.slot = Slot::Exhausted;
-            st.ack_pending -= 1;
             let exhausted = Exhausted {
                 sequence: seq,
                 subject: msg.subject.clone(),
                 payload: msg.payload.clone(),
                 deliveries: msg.delivered,
             };
+            st.release_slot();
             tracing::debug!(queue = %self.config.name, seq, "message exhausted max_deliver");
             st.exhausted.retain(|tx| tx.send(exhausted.clone()).is_ok());
         } else {
@@ -487,7 +501,7 @@ impl MemQueue {
                 }
                 st.messages.remove(&seq);
                 st.redeliver.remove(&seq);
-                st.ack_pending -= 1;
+                st.release_slot();
             }
             (Settle::Nak(delay), Slot::InFlight { deadline }) => {
                 st.timers.remove(&(deadline, seq));
@@ -637,11 +651,11 @@ impl WorkQueue for MemQueue {
             }
             Slot::Redeliver => {
                 st.redeliver.remove(&sequence);
-                st.ack_pending -= 1;
+                st.release_slot();
             }
             Slot::InFlight { deadline: at } | Slot::Delayed { until: at } => {
                 st.timers.remove(&(at, sequence));
-                st.ack_pending -= 1;
+                st.release_slot();
             }
             Slot::Exhausted => {}
         }
