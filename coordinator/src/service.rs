@@ -250,7 +250,9 @@ impl RunDriver {
             let wake = self.sched.next_wake();
             let sleep = async {
                 match wake {
-                    Some(at) => tokio::time::sleep(at.since(now()).max(Duration::from_millis(1))).await,
+                    Some(at) => {
+                        tokio::time::sleep(at.since(now()).max(Duration::from_millis(1))).await
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -354,14 +356,23 @@ impl RunDriver {
                     let (task_id, attempt) = (d.task.id.clone(), d.attempt);
                     let msg_id = subjects::dispatch_msg_id(&run, &task_id, attempt);
                     let env = self.ctx.task(task_id, attempt).envelope(now(), d);
-                    self.svc.queue.publish(&pool, &msg_id, Bytes::from(codec::encode(&env))).await?;
+                    self.svc
+                        .queue
+                        .publish(&pool, &msg_id, Bytes::from(codec::encode(&env)))
+                        .await?;
                 }
                 Effect::Emit(ev) => self.publish_event(ev).await?,
                 Effect::Persist(_) | Effect::Finished(_) => {}
             }
         }
         if let Some(o) = outcome {
-            info!(status = o.status.as_str(), succeeded = o.succeeded, failed = o.failed, skipped = o.skipped, "run finished");
+            info!(
+                status = o.status.as_str(),
+                succeeded = o.succeeded,
+                failed = o.failed,
+                skipped = o.skipped,
+                "run finished"
+            );
             self.publish_event(RunEvent::Finished(o)).await?;
             return Ok(true);
         }

@@ -90,7 +90,10 @@ impl Store {
     }
 
     pub fn runs(&self) -> Result<Vec<RunRecord>, StoreError> {
-        self.runs.iter().map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v))).collect()
+        self.runs
+            .iter()
+            .map(|kv| kv.map_err(StoreError::from).and_then(|(k, v)| from_json(&k, &v)))
+            .collect()
     }
 
     pub fn put_task(&self, run: &RunId, task: &TaskRecord) -> Result<(), StoreError> {
@@ -183,7 +186,9 @@ mod tests {
             a.status = TaskStatus::Succeeded;
             store.put_task(&r1, &a).unwrap();
             store.put_task(&r2, &TaskRecord::new(TaskId::new_unchecked("z"))).unwrap();
-            store.append_event(&r1, &RunEvent::TaskCancelled { task_id: a.task_id.clone() }).unwrap();
+            store
+                .append_event(&r1, &RunEvent::TaskCancelled { task_id: a.task_id.clone() })
+                .unwrap();
             store.flush().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();

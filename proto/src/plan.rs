@@ -91,7 +91,6 @@ impl Default for Backoff {
     }
 }
 
-
 /// How a run executes, decided by L1 and fixed for the run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

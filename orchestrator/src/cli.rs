@@ -1,0 +1,129 @@
+//! Command-line interface: every flag, its environment variable, and the help that teaches.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const ABOUT: &str = "Turn a goal into a checked plan of tasks and run it safely";
+
+const LONG_ABOUT: &str = "\
+orchestra runs a scenario — a DAG of tasks — through three layers: L1 (this CLI) writes the run
+directory, L2 checks the plan and schedules attempts with retries, L3 runs each task as a
+sandboxed subprocess and collects its artifacts. By default all three run in this process.
+
+Exit codes: 0 every task succeeded, 1 the run finished with failed tasks, 2 usage, config or
+plan errors, 130 interrupted.";
+
+const RUN_AFTER: &str = "\
+Examples:
+  orchestra run examples/hello.yaml                 run it; prints the outcome and the run directory
+  orchestra run examples/hello.yaml --plan-only     check the plan, write plan.json, run nothing
+  orchestra run examples/hello.yaml --dry-run       go through every layer, spawn nothing
+  orchestra run examples/hello.yaml --json | jq .   the summary as JSON on stdout
+
+The run directory holds scenario.yaml, config.yaml, plan.json, logs.jsonl,
+tasks/<task>/<attempt>/{stdout,stderr}, artifacts/ + artifacts.json, summary.json, report.md
+and the run's state store (state/), which `orchestra resume` continues from.";
+
+#[derive(Debug, Parser)]
+#[command(name = "orchestra", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// Config file [default: ./orchestra.yaml if it exists, else built-in defaults]
+    #[arg(long, global = true, env = "ORCHESTRA_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More console logging (-v info, -vv debug, -vvv trace); the run log always has debug
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Print only the outcome, no per-task progress
+    #[arg(short, long, global = true, env = "ORCHESTRA_QUIET")]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a scenario: check its plan, then execute it
+    #[command(after_help = RUN_AFTER)]
+    Run(RunArgs),
+    /// Continue a run after a crash or an interrupt, without re-running succeeded tasks
+    Resume(ResumeArgs),
+    /// Write, check and describe configuration files
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Scenario file (YAML)
+    pub file: PathBuf,
+
+    /// Check the plan and write plan.json; run nothing
+    #[arg(long, conflicts_with = "dry_run")]
+    pub plan_only: bool,
+
+    /// Go through every layer but spawn nothing; report what would run
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub common: CommonRunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Run directory, or a run id inside the runs directory
+    pub run: String,
+
+    #[command(flatten)]
+    pub common: CommonRunArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonRunArgs {
+    /// Worker slots (attempts run at once) [default: from config, 2]
+    #[arg(long, short = 'j', env = "ORCHESTRA_WORKERS", value_name = "N")]
+    pub workers: Option<u32>,
+
+    /// Where run directories are created [default: from config, ./runs]
+    #[arg(long, env = "ORCHESTRA_RUNS_DIR", value_name = "DIR")]
+    pub runs_dir: Option<PathBuf>,
+
+    /// Print the run summary as JSON on stdout (progress still goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Write a documented default config file
+    Init {
+        /// Where to write it
+        #[arg(default_value = "orchestra.yaml")]
+        path: PathBuf,
+        /// Overwrite an existing file
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check a config or scenario file and report every problem with its location
+    Validate {
+        /// The file to check
+        file: PathBuf,
+        /// What the file is [default: a scenario if it has `tasks` or `name`, else a config]
+        #[arg(long, value_enum)]
+        kind: Option<FileKind>,
+    },
+    /// Print the JSON Schema of the config (or scenario) file, for editors
+    Schema {
+        #[arg(value_enum, default_value = "config")]
+        kind: FileKind,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileKind {
+    Config,
+    Scenario,
+}

@@ -1,0 +1,438 @@
+//! The commands: each returns the process exit code. All user-facing output is here, in
+//! `progress` and in `report`.
+
+use crate::cli::{Cli, Command, CommonRunArgs, ConfigCommand, FileKind, ResumeArgs, RunArgs};
+use crate::diagnostic::Diagnostic;
+use crate::exit;
+use crate::local::{self, LocalCluster, LocalOptions};
+use crate::logging::{self, RunLog};
+use crate::progress::Progress;
+use crate::report;
+use crate::settings::{self, ConfigFile};
+use anyhow::Context as _;
+use bytes::Bytes;
+use orchestra_bus::{Bus, Subscription};
+use orchestra_proto::{
+    Control, Ctx, PlanProblem, RunEvent, RunId, RunReply, RunRequest, RunStatus, TaskEvent,
+    Timestamp, TraceId, codec, layout, subjects,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::Level;
+
+/// Runs the parsed command line; returns the exit code.
+pub async fn dispatch(cli: Cli) -> u8 {
+    let result = match &cli.command {
+        Command::Run(args) => run(&cli, args).await,
+        Command::Resume(args) => resume(&cli, args).await,
+        Command::Config(cmd) => config(&cli, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(d) = e.downcast_ref::<Diagnostic>() {
+                eprint!("{}", d.render());
+                return exit::USAGE;
+            }
+            if let Some(u) = e.downcast_ref::<UsageError>() {
+                eprintln!("error: {}", u.message);
+                if let Some(h) = &u.hint {
+                    eprintln!("hint: {h}");
+                }
+                return exit::USAGE;
+            }
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("caused by: {cause}");
+            }
+            exit::INTERNAL
+        }
+    }
+}
+
+/// A usage problem found by L1 itself (not in a file): exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct UsageError {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+    UsageError { message: message.into(), hint: hint.map(str::to_owned) }.into()
+}
+
+fn console_level(cli: &Cli, cfg: &ConfigFile) -> String {
+    match cli.verbose {
+        0 => cfg.logging.level.as_str().to_owned(),
+        1 => "info".into(),
+        2 => "debug".into(),
+        _ => "trace".into(),
+    }
+}
+
+/// The config file: `--config`, else `./orchestra.yaml` if present, else defaults.
+fn load_config(cli: &Cli) -> anyhow::Result<ConfigFile> {
+    if let Some(path) = &cli.config {
+        return Ok(settings::load_config(path)?);
+    }
+    let default = Path::new("orchestra.yaml");
+    if default.is_file() {
+        return Ok(settings::load_config(default)?);
+    }
+    Ok(ConfigFile::default())
+}
+
+fn apply_overrides(cfg: &mut ConfigFile, common: &CommonRunArgs) -> anyhow::Result<()> {
+    if let Some(w) = common.workers {
+        if w == 0 {
+            return Err(usage("--workers must be at least 1", Some("pass --workers 1 or more")));
+        }
+        cfg.workers = w;
+    }
+    if let Some(dir) = &common.runs_dir {
+        cfg.runs_dir = dir.clone();
+    }
+    Ok(())
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
+    let mut cfg = load_config(cli)?;
+    apply_overrides(&mut cfg, &args.common)?;
+    let log = logging::init(&console_level(cli, &cfg));
+    let scenario = settings::load_scenario(&args.file)?;
+    let plan = scenario.to_plan(&cfg);
+    let mut options = cfg.run_options();
+    options.dry_run = args.dry_run;
+
+    let now = Timestamp::now();
+    let run_id = RunId::generate(now);
+    let trace_id = TraceId::generate();
+    let run_dir = cfg.runs_dir.join(run_id.as_str());
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
+    std::fs::copy(&args.file, run_dir.join(layout::SCENARIO))
+        .with_context(|| format!("cannot copy `{}` into the run directory", args.file.display()))?;
+    std::fs::write(run_dir.join(layout::CONFIG), settings::to_yaml(&cfg))
+        .context("cannot write the resolved config")?;
+    log.open(&run_dir.join(layout::LOGS), run_id.as_str(), trace_id.as_str())
+        .context("cannot open logs.jsonl")?;
+    tracing::info!(run_id = %run_id, trace_id = %trace_id, scenario = %args.file.display(), "run created");
+
+    let cluster = start_cluster(&cfg, &run_dir).await?;
+    let bus = cluster.bus();
+    let ctx = Ctx::run(run_id.clone(), trace_id.clone());
+    let events = bus.subscribe(&subjects::run_all(&run_id)).await?;
+    let request = RunRequest::Start {
+        plan: plan.clone(),
+        options: options.clone(),
+        plan_only: args.plan_only,
+    };
+    let reply = submit(&bus, &ctx, request).await?;
+    match reply {
+        RunReply::Rejected { problems } => {
+            cluster.shutdown().await;
+            log.close();
+            let _ = std::fs::remove_dir_all(&run_dir);
+            eprint!("{}", render_problems(&args.file, &problems));
+            Ok(exit::USAGE)
+        }
+        RunReply::Accepted { order, .. } => {
+            std::fs::write(run_dir.join(layout::PLAN), report::pretty_json(&plan))
+                .context("cannot write plan.json")?;
+            if args.plan_only {
+                cluster.shutdown().await;
+                let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
+                print_plan(&plan, &order);
+                println!("plan checked: {} tasks, nothing was run", plan.tasks.len());
+                println!("run directory: {}", run_dir.display());
+                log.console(Level::INFO, "plan checked");
+                return Ok(exit::SUCCESS);
+            }
+            let total = plan.tasks.len() as u32;
+            let progress = Progress::new(log.clone(), total, cli.quiet, cfg.logging.format);
+            follow(
+                cluster,
+                &ctx,
+                events,
+                progress,
+                &log,
+                &run_dir,
+                args.common.json,
+                options.dry_run,
+            )
+            .await
+        }
+        RunReply::Resumed { .. } => anyhow::bail!("the coordinator answered a start with a resume"),
+    }
+}
+
+async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
+    let base = load_config(cli)?;
+    let run_dir = {
+        let p = PathBuf::from(&args.run);
+        if p.is_dir() { p } else { base.runs_dir.join(&args.run) }
+    };
+    if !local::state_dir(&run_dir).is_dir() {
+        return Err(usage(
+            format!("`{}` is not a run directory with a state store", run_dir.display()),
+            Some("pass the path printed by `orchestra run`, or a run id inside the runs directory"),
+        ));
+    }
+    // The run keeps the config it started with; flags may still change the worker count.
+    let mut cfg = settings::load_config(&run_dir.join(layout::CONFIG))?;
+    apply_overrides(&mut cfg, &args.common)?;
+    cfg.runs_dir = run_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+    let log = logging::init(&console_level(cli, &cfg));
+    let cluster = start_cluster(&cfg, &run_dir).await?;
+    let run_id = RunId::parse(run_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
+        .map_err(|e| {
+            usage(format!("`{}` is not a run directory: its name {e}", run_dir.display()), None)
+        })?;
+    let Some(record) = cluster.store().run(&run_id)? else {
+        cluster.shutdown().await;
+        return Err(usage(format!("run `{run_id}` is not in its state store"), None));
+    };
+    log.open(&run_dir.join(layout::LOGS), run_id.as_str(), record.trace_id.as_str())
+        .context("cannot open logs.jsonl")?;
+    let ctx = Ctx::run(run_id.clone(), record.trace_id.clone());
+    let bus = cluster.bus();
+    let events = bus.subscribe(&subjects::run_all(&run_id)).await?;
+    match submit(&bus, &ctx, RunRequest::Resume {}).await? {
+        RunReply::Resumed { status: RunStatus::Running, tasks } => {
+            let done = tasks.values().filter(|s| s.is_terminal()).count();
+            let mut progress =
+                Progress::new(log.clone(), tasks.len() as u32, cli.quiet, cfg.logging.format);
+            progress.line(
+                Level::INFO,
+                &format!("resuming {run_id}: {done}/{} tasks already done", tasks.len()),
+            );
+            follow(
+                cluster,
+                &ctx,
+                events,
+                progress,
+                &log,
+                &run_dir,
+                args.common.json,
+                record.options.dry_run,
+            )
+            .await
+        }
+        RunReply::Resumed { status, .. } => {
+            eprintln!("run {run_id} already finished: {}", status.as_str());
+            finish(cluster, &ctx, &log, &run_dir, args.common.json, false).await
+        }
+        RunReply::Rejected { problems } => {
+            cluster.shutdown().await;
+            eprint!("{}", render_problems(&run_dir.join(layout::PLAN), &problems));
+            Ok(exit::USAGE)
+        }
+        RunReply::Accepted { .. } => {
+            anyhow::bail!("the coordinator answered a resume with a start")
+        }
+    }
+}
+
+async fn start_cluster(cfg: &ConfigFile, run_dir: &Path) -> anyhow::Result<LocalCluster> {
+    LocalCluster::start(LocalOptions {
+        state_dir: local::state_dir(run_dir),
+        runs_dir: cfg.runs_dir.clone(),
+        slots: cfg.workers as usize,
+        pool: cfg.pool.clone(),
+    })
+    .await
+    .context("cannot start the in-process coordinator and worker")
+}
+
+async fn submit(bus: &Arc<dyn Bus>, ctx: &Ctx, req: RunRequest) -> anyhow::Result<RunReply> {
+    let bytes = codec::encode(&ctx.envelope(Timestamp::now(), req));
+    let reply = bus
+        .request(subjects::RUN_SUBMIT, Bytes::from(bytes), Duration::from_secs(60))
+        .await
+        .context("the coordinator did not answer the run request")?;
+    Ok(codec::decode::<RunReply>(&reply).context("the coordinator's reply is not valid")?.body)
+}
+
+/// Follows a run's events until it finishes, handling Ctrl-C; then writes the report.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    cluster: LocalCluster,
+    ctx: &Ctx,
+    mut events: Subscription,
+    mut progress: Progress,
+    log: &RunLog,
+    run_dir: &Path,
+    json: bool,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
+    let bus = cluster.bus();
+    let events_subject = subjects::run_events(&ctx.run_id);
+    let mut interrupted = false;
+    loop {
+        let msg = tokio::select! {
+            r = tokio::signal::ctrl_c(), if !interrupted => {
+                if r.is_ok() {
+                    interrupted = true;
+                    progress.line(Level::WARN, "interrupted: cancelling the run (Ctrl-C again to abandon it; `orchestra resume` continues it)");
+                    let cancel = Control::Cancel { reason: "interrupted by the user".into() };
+                    let bytes = codec::encode(&ctx.envelope(Timestamp::now(), cancel));
+                    bus.publish(&subjects::run_control(&ctx.run_id), Bytes::from(bytes)).await?;
+                }
+                continue;
+            }
+            r = tokio::signal::ctrl_c(), if interrupted => {
+                let _ = r;
+                progress.finish();
+                eprintln!("abandoned: the run state is saved; `orchestra resume {}` continues it", run_dir.display());
+                return Ok(exit::INTERRUPTED);
+            }
+            m = events.next() => match m {
+                Some(m) => m,
+                None => anyhow::bail!("the bus closed before the run finished"),
+            },
+        };
+        if msg.subject == events_subject {
+            let env = codec::decode::<RunEvent>(&msg.payload).context("invalid run event")?;
+            progress.run_event(&env.body);
+            if matches!(env.body, RunEvent::Finished(_)) {
+                break;
+            }
+        } else if let Ok(env) = codec::decode::<TaskEvent>(&msg.payload) {
+            if let (Some(task), Some(attempt)) = (&env.task_id, env.attempt) {
+                progress.task_event(task, attempt, &env.body, dry_run);
+            }
+        }
+    }
+    progress.finish();
+    finish(cluster, ctx, log, run_dir, json, interrupted).await
+}
+
+/// Stops the cluster, writes summary/artifacts/report, prints the outcome.
+async fn finish(
+    cluster: LocalCluster,
+    ctx: &Ctx,
+    log: &RunLog,
+    run_dir: &Path,
+    json: bool,
+    interrupted: bool,
+) -> anyhow::Result<u8> {
+    let record = cluster.store().run(&ctx.run_id)?.context("the run vanished from its store")?;
+    let tasks = cluster.store().tasks(&ctx.run_id)?;
+    cluster.shutdown().await;
+    let summary = report::summarize(&record, &tasks, Timestamp::now());
+    report::write_all(run_dir, &summary).context("cannot write the run's summary and report")?;
+    let headline = report::headline(&summary);
+    log.console(Level::INFO, &headline);
+    log.console(Level::INFO, &format!("run directory: {}", run_dir.display()));
+    log.close();
+    if json {
+        use std::io::Write;
+        std::io::stdout().write_all(&report::pretty_json(&summary))?;
+    } else {
+        println!("{headline}");
+        println!("run directory: {}", run_dir.display());
+    }
+    Ok(if interrupted {
+        exit::INTERRUPTED
+    } else {
+        match summary.status {
+            RunStatus::Succeeded => exit::SUCCESS,
+            _ => exit::FAILED,
+        }
+    })
+}
+
+fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
+    let by_id: std::collections::HashMap<_, _> = plan.tasks.iter().map(|t| (&t.id, t)).collect();
+    let width = plan.tasks.iter().map(|t| t.id.as_str().len()).max().unwrap_or(4).max(4);
+    println!(
+        "{:>3}  {:width$}  {:10}  {:>8}  {:>7}  command",
+        "#", "task", "after", "timeout", "retries"
+    );
+    for (i, id) in order.iter().enumerate() {
+        let Some(t) = by_id.get(id) else { continue };
+        let after = if t.depends_on.is_empty() {
+            "-".to_owned()
+        } else {
+            t.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",")
+        };
+        let orchestra_proto::Tool::Exec(e) = &t.tool;
+        let cmd = std::iter::once(e.program.as_str())
+            .chain(e.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let timeout = humantime::format_duration(Duration::from_millis(t.timeout_ms)).to_string();
+        println!(
+            "{:>3}  {:width$}  {:10}  {:>8}  {:>7}  {cmd}",
+            i + 1,
+            id.as_str(),
+            after,
+            timeout,
+            t.retry.max_retries
+        );
+    }
+}
+
+/// Renders plan problems in the house format.
+pub fn render_problems(file: &Path, problems: &[PlanProblem]) -> String {
+    let mut out = format!(
+        "error: invalid plan in `{}`: {} problem{}\n",
+        file.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        let at = if p.path.is_empty() { String::new() } else { format!("{}: ", p.path) };
+        out.push_str(&format!("  - {at}{}\n", p.message));
+        if let Some(h) = &p.hint {
+            out.push_str(&format!("    hint: {h}\n"));
+        }
+    }
+    out
+}
+
+fn config(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<u8> {
+    let _ = cli;
+    match cmd {
+        ConfigCommand::Init { path, force } => {
+            if path.exists() && !force {
+                return Err(usage(
+                    format!("`{}` already exists", path.display()),
+                    Some("pass --force to overwrite it"),
+                ));
+            }
+            std::fs::write(path, settings::DEFAULT_CONFIG_YAML)
+                .with_context(|| format!("cannot write `{}`", path.display()))?;
+            println!("wrote {}", path.display());
+            Ok(exit::SUCCESS)
+        }
+        ConfigCommand::Validate { file, kind } => {
+            let kind = match kind {
+                Some(k) => *k,
+                None => settings::guess_kind(file),
+            };
+            match kind {
+                FileKind::Config => {
+                    settings::load_config(file)?;
+                    println!("{}: valid config", file.display());
+                }
+                FileKind::Scenario => {
+                    let s = settings::load_scenario(file)?;
+                    println!("{}: valid scenario ({} tasks)", file.display(), s.tasks.len());
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        ConfigCommand::Schema { kind } => {
+            let schema = match kind {
+                FileKind::Config => settings::config_schema(),
+                FileKind::Scenario => settings::scenario_schema(),
+            };
+            use std::io::Write;
+            std::io::stdout().write_all(&report::pretty_json(&schema))?;
+            Ok(exit::SUCCESS)
+        }
+    }
+}

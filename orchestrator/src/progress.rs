@@ -1,0 +1,123 @@
+//! What the user sees while a run goes: one line per task transition on stderr; on a TTY also
+//! a status line that is rewritten in place. Every line also goes into `logs.jsonl`.
+
+use crate::logging::RunLog;
+use crate::settings::LogFormat;
+use orchestra_proto::{RunEvent, TaskEvent, TaskId};
+use std::io::Write;
+use std::time::Instant;
+use tracing::Level;
+
+pub struct Progress {
+    log: RunLog,
+    tty: bool,
+    json: bool,
+    quiet: bool,
+    start: Instant,
+    total: u32,
+    done: u32,
+    failed: u32,
+    running: u32,
+}
+
+impl Progress {
+    /// `format` is the config's `logging.format`: `auto` uses a live status line on a
+    /// terminal, `plain` never does, `json` prints each line as a JSON object.
+    pub fn new(log: RunLog, total: u32, quiet: bool, format: LogFormat) -> Self {
+        use is_terminal::IsTerminal;
+        let tty = format == LogFormat::Auto
+            && std::io::stderr().is_terminal()
+            && std::env::var_os("NO_PROGRESS").is_none();
+        let json = format == LogFormat::Json;
+        Self { log, tty, json, quiet, start: Instant::now(), total, done: 0, failed: 0, running: 0 }
+    }
+
+    /// Prints (unless quiet) and records a line.
+    pub fn line(&mut self, level: Level, text: &str) {
+        self.log.console(level, text);
+        if self.quiet && level > Level::WARN {
+            return;
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        let mut err = std::io::stderr().lock();
+        if self.json {
+            let obj = serde_json::json!({
+                "ts": orchestra_proto::Timestamp::now(),
+                "level": level.as_str().to_ascii_lowercase(),
+                "elapsed_s": (secs * 1000.0).round() / 1000.0,
+                "msg": text,
+            });
+            let _ = writeln!(err, "{obj}");
+            return;
+        }
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K");
+        }
+        let _ = writeln!(err, "[{secs:7.2}s] {text}");
+        if self.tty && !self.quiet {
+            let _ = write!(
+                err,
+                "  {}/{} done · {} running · {} failed",
+                self.done, self.total, self.running, self.failed
+            );
+        }
+        let _ = err.flush();
+    }
+
+    /// Clears the status line.
+    pub fn finish(&mut self) {
+        if self.tty && !self.quiet {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
+
+    pub fn task_event(&mut self, task: &TaskId, attempt: u32, ev: &TaskEvent, dry_run: bool) {
+        match ev {
+            TaskEvent::Started { argv, .. } => {
+                self.running += 1;
+                let verb = if dry_run { "would run" } else { "started  " };
+                self.line(Level::INFO, &format!("{verb} {task}#{attempt}: {}", argv.join(" ")));
+            }
+            TaskEvent::OutputCapped { stream, limit_bytes } => self.line(
+                Level::WARN,
+                &format!(
+                    "output cap of {limit_bytes} bytes hit on {task}#{attempt} {}",
+                    stream.as_str()
+                ),
+            ),
+            TaskEvent::Finished(_) => self.running = self.running.saturating_sub(1),
+            TaskEvent::Output { .. } | TaskEvent::Heartbeat {} => {}
+        }
+    }
+
+    pub fn run_event(&mut self, ev: &RunEvent) {
+        match ev {
+            RunEvent::TaskDispatched { .. } => {}
+            RunEvent::TaskSucceeded { task_id, attempt } => {
+                self.done += 1;
+                self.line(Level::INFO, &format!("succeeded {task_id}#{attempt}"));
+            }
+            RunEvent::TaskRetrying { task_id, attempt, delay_ms, failure } => self.line(
+                Level::WARN,
+                &format!("retrying  {task_id}#{attempt} in {delay_ms}ms: {failure}"),
+            ),
+            RunEvent::TaskFailed { task_id, attempt, failure } => {
+                self.done += 1;
+                self.failed += 1;
+                self.line(Level::ERROR, &format!("failed    {task_id}#{attempt}: {failure}"));
+            }
+            RunEvent::TaskSkipped { task_id, reason } => {
+                self.done += 1;
+                self.line(Level::WARN, &format!("skipped   {task_id}: {reason}"));
+            }
+            RunEvent::TaskCancelled { task_id } => {
+                self.done += 1;
+                self.line(Level::WARN, &format!("cancelled {task_id}"));
+            }
+            RunEvent::Cancelling { reason } => {
+                self.line(Level::WARN, &format!("cancelling the run: {reason}"));
+            }
+            RunEvent::Finished(_) => {}
+        }
+    }
+}

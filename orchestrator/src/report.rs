@@ -1,0 +1,303 @@
+//! What a run leaves for people and machines: `summary.json`, `artifacts.json`, `report.md`.
+//!
+//! [`summarize`] is pure: the stored run state in, the summary out.
+
+use orchestra_proto::summary::{AttemptSummary, DurationStats, Summary, TaskSummary, Totals};
+use orchestra_proto::{
+    ArtifactRecord, FailureKind, RunRecord, RunStatus, Stream, TaskRecord, TaskStatus, Timestamp,
+    layout,
+};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// Version of the `summary.json` shape.
+pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
+
+/// Builds the summary of a run from its stored records. `now` ends a run that has not finished.
+pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summary {
+    let by_id: BTreeMap<_, _> = tasks.iter().map(|t| (t.task_id.clone(), t)).collect();
+    let mut totals = Totals {
+        tasks: run.plan.tasks.len() as u32,
+        succeeded: 0,
+        failed: 0,
+        skipped: 0,
+        cancelled: 0,
+        unfinished: 0,
+        success_rate: 0.0,
+        attempts: 0,
+        retries: 0,
+        attempt_duration_ms: DurationStats::default(),
+    };
+    let mut durations = Vec::new();
+    let mut failures_by_kind: BTreeMap<FailureKind, u32> = BTreeMap::new();
+    let mut artifacts: Vec<ArtifactRecord> = Vec::new();
+    let mut summaries = Vec::new();
+    for spec in &run.plan.tasks {
+        let fallback;
+        let t = match by_id.get(&spec.id) {
+            Some(t) => *t,
+            None => {
+                fallback = TaskRecord::new(spec.id.clone());
+                &fallback
+            }
+        };
+        match t.status {
+            TaskStatus::Succeeded => totals.succeeded += 1,
+            TaskStatus::Failed => totals.failed += 1,
+            TaskStatus::Skipped => totals.skipped += 1,
+            TaskStatus::Cancelled => totals.cancelled += 1,
+            _ => totals.unfinished += 1,
+        }
+        totals.attempts += t.attempts.len() as u32;
+        totals.retries += (t.attempts.len() as u32).saturating_sub(1);
+        let mut task_ms = 0;
+        let attempts = t
+            .attempts
+            .iter()
+            .map(|a| {
+                let duration_ms = match (a.started_at, a.finished_at) {
+                    (Some(s), Some(f)) => Some(f.since(s).as_millis() as u64),
+                    _ => None,
+                };
+                if let Some(d) = duration_ms {
+                    durations.push(d);
+                    task_ms += d;
+                }
+                if let Some(f) = &a.failure {
+                    *failures_by_kind.entry(f.kind).or_default() += 1;
+                }
+                let out =
+                    |s| layout::attempt_output(&t.task_id, a.attempt, s).display().to_string();
+                AttemptSummary {
+                    attempt: a.attempt,
+                    worker_id: a.worker_id.clone(),
+                    started_at: a.started_at,
+                    duration_ms,
+                    exit_code: a.exit_code,
+                    signal: a.signal,
+                    failure: a.failure.clone(),
+                    stdout: out(Stream::Stdout),
+                    stderr: out(Stream::Stderr),
+                }
+            })
+            .collect();
+        artifacts.extend(t.artifacts.iter().cloned());
+        summaries.push(TaskSummary {
+            id: t.task_id.clone(),
+            status: t.status,
+            reason: t.reason.clone(),
+            attempts,
+            duration_ms: task_ms,
+        });
+    }
+    if totals.tasks > 0 {
+        totals.success_rate = f64::from(totals.succeeded) / f64::from(totals.tasks);
+    }
+    totals.attempt_duration_ms = stats(&mut durations);
+    artifacts.sort();
+    let end = run.finished_at.unwrap_or(now);
+    Summary {
+        schema_version: SUMMARY_SCHEMA_VERSION,
+        run_id: run.run_id.to_string(),
+        trace_id: run.trace_id.to_string(),
+        name: run.plan.name.clone(),
+        status: run.status,
+        dry_run: run.options.dry_run,
+        started_at: run.created_at,
+        finished_at: run.finished_at,
+        duration_ms: end.since(run.created_at).as_millis() as u64,
+        totals,
+        tasks: summaries,
+        artifacts,
+        failures_by_kind,
+    }
+}
+
+/// Mean and nearest-rank percentiles.
+pub fn stats(values: &mut [u64]) -> DurationStats {
+    if values.is_empty() {
+        return DurationStats::default();
+    }
+    values.sort_unstable();
+    let n = values.len();
+    let rank = |p: f64| values[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+    DurationStats {
+        count: n as u32,
+        mean: values.iter().sum::<u64>() as f64 / n as f64,
+        p50: rank(0.50),
+        p95: rank(0.95),
+        max: values[n - 1],
+    }
+}
+
+fn ms(v: u64) -> String {
+    if v >= 1000 { format!("{:.2}s", v as f64 / 1000.0) } else { format!("{v}ms") }
+}
+
+/// The headline used on the console and in the report.
+pub fn headline(s: &Summary) -> String {
+    let t = &s.totals;
+    let what = if s.dry_run { "dry run" } else { "run" };
+    let mut line = format!(
+        "{what} {}: {}/{} tasks succeeded in {}",
+        s.status.as_str(),
+        t.succeeded,
+        t.tasks,
+        ms(s.duration_ms)
+    );
+    for (n, label) in [(t.failed, "failed"), (t.skipped, "skipped"), (t.cancelled, "cancelled")] {
+        if n > 0 {
+            let _ = write!(line, ", {n} {label}");
+        }
+    }
+    if t.unfinished > 0 {
+        let _ = write!(line, ", {} unfinished", t.unfinished);
+    }
+    if t.retries > 0 {
+        let _ = write!(line, " ({} retries)", t.retries);
+    }
+    line
+}
+
+fn first_lines(run_dir: &Path, rel: &str, n: usize) -> Vec<String> {
+    std::fs::read(run_dir.join(rel))
+        .map(|b| String::from_utf8_lossy(&b).lines().take(n).map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Renders `report.md`. Reads the first stderr lines of failed attempts from the run directory.
+pub fn render_markdown(s: &Summary, run_dir: &Path) -> String {
+    let mut md = String::new();
+    let icon = match s.status {
+        RunStatus::Succeeded => "✅",
+        RunStatus::Failed => "❌",
+        RunStatus::Cancelled => "⏹️",
+        RunStatus::Running => "⏳",
+    };
+    let _ = writeln!(md, "# {icon} {}\n", s.name);
+    let _ = writeln!(md, "**{}**\n", headline(s));
+    let _ = writeln!(md, "- run: `{}`", s.run_id);
+    let _ = writeln!(md, "- trace: `{}`", s.trace_id);
+    let _ = writeln!(md, "- started: {}", s.started_at.rfc3339());
+    if s.dry_run {
+        let _ = writeln!(md, "- dry run: nothing was spawned");
+    }
+    let t = &s.totals;
+    let d = &t.attempt_duration_ms;
+    let _ = writeln!(md, "\n## Metrics\n");
+    let _ = writeln!(md, "| success rate | attempts | retries | mean | p50 | p95 | max |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| {:.0}% | {} | {} | {} | {} | {} | {} |",
+        t.success_rate * 100.0,
+        t.attempts,
+        t.retries,
+        ms(d.mean.round() as u64),
+        ms(d.p50),
+        ms(d.p95),
+        ms(d.max)
+    );
+    let _ = writeln!(md, "\n## Tasks\n");
+    let _ = writeln!(md, "| task | status | attempts | duration | exit | note |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    for task in &s.tasks {
+        let last = task.attempts.last();
+        let exit = last
+            .and_then(|a| {
+                a.exit_code.map(|c| c.to_string()).or(a.signal.map(|sig| format!("signal {sig}")))
+            })
+            .unwrap_or_default();
+        let note = task
+            .reason
+            .clone()
+            .or_else(|| last.and_then(|a| a.failure.as_ref()).map(|f| f.message.clone()))
+            .unwrap_or_default()
+            .replace('|', "\\|");
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} | {} | {} |",
+            task.id,
+            task.status.as_str(),
+            task.attempts.len(),
+            ms(task.duration_ms),
+            exit,
+            note
+        );
+    }
+    let _ = writeln!(md, "\n## Artifacts\n");
+    if s.artifacts.is_empty() {
+        let _ = writeln!(md, "none");
+    } else {
+        let _ = writeln!(md, "| artifact | task | size | sha256 |");
+        let _ = writeln!(md, "|---|---|---|---|");
+        for a in &s.artifacts {
+            let _ = writeln!(
+                md,
+                "| `artifacts/{}/{}` | `{}` | {} B | `{}` |",
+                a.task, a.path, a.task, a.size, a.sha256
+            );
+        }
+    }
+    let _ = writeln!(md, "\n## Errors\n");
+    if s.failures_by_kind.is_empty() {
+        let _ = writeln!(md, "none");
+    }
+    for kind in s.failures_by_kind.keys() {
+        let _ = writeln!(md, "### {kind} ({})\n", s.failures_by_kind[kind]);
+        for task in &s.tasks {
+            for a in &task.attempts {
+                let Some(f) = a.failure.as_ref().filter(|f| f.kind == *kind) else { continue };
+                let _ = writeln!(
+                    md,
+                    "- `{}` attempt {}: {} ([stderr]({}))",
+                    task.id, a.attempt, f.message, a.stderr
+                );
+                let lines = first_lines(run_dir, &a.stderr, 5);
+                if !lines.is_empty() {
+                    let _ = writeln!(md, "\n  ```text");
+                    for l in lines {
+                        let _ = writeln!(md, "  {l}");
+                    }
+                    let _ = writeln!(md, "  ```\n");
+                }
+            }
+        }
+    }
+    md
+}
+
+/// Writes `summary.json`, `artifacts.json` and `report.md` into the run directory.
+pub fn write_all(run_dir: &Path, s: &Summary) -> std::io::Result<()> {
+    std::fs::write(run_dir.join(layout::SUMMARY), pretty_json(s))?;
+    std::fs::write(run_dir.join(layout::ARTIFACTS_INDEX), pretty_json(&s.artifacts))?;
+    std::fs::write(run_dir.join(layout::REPORT), render_markdown(s, run_dir))?;
+    Ok(())
+}
+
+/// Pretty JSON with a final newline, as every file orchestra writes for people.
+pub fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = serde_json::to_vec_pretty(v).expect("proto types always serialize");
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let check = |mut v: Vec<u64>, p50, p95, mean: f64| {
+            let s = stats(&mut v);
+            assert_eq!((s.p50, s.p95), (p50, p95), "{v:?}");
+            assert!((s.mean - mean).abs() < 1e-9);
+        };
+        check(vec![5], 5, 5, 5.0);
+        check(vec![1, 2], 1, 2, 1.5);
+        check((1..=100).rev().collect(), 50, 95, 50.5);
+        check(vec![10, 10, 10, 1000], 10, 1000, 257.5);
+        assert_eq!(stats(&mut []).count, 0);
+    }
+}

@@ -1,0 +1,212 @@
+//! One attempt from start to result: prepare the workspace, stage inputs, run the tool, collect
+//! outputs. Bus-free: events go to a sink, the result is returned.
+
+use crate::artifacts::{self, ArtifactError};
+use crate::exec::{self, EnvIds, EventSink, ExecRequest};
+use orchestra_proto::{
+    AttemptResult, Dispatch, Failure, FailureKind, Outcome, RunId, SpanId, Stream, TaskEvent,
+    TaskId, Timestamp, Tool, TraceId, layout,
+};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where an attempt lives on disk. All paths are absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptPaths {
+    pub run_dir: PathBuf,
+    /// `<run_dir>/work/<task>`: cwd and `HOME`, kept across attempts.
+    pub workspace: PathBuf,
+    /// `<workspace>/.tmp`: `TMPDIR`.
+    pub tmp: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl AttemptPaths {
+    pub fn new(run_dir: &Path, task: &TaskId, attempt: u32) -> Self {
+        let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_owned());
+        let workspace = run_dir.join(layout::workspace(task));
+        Self {
+            tmp: workspace.join(".tmp"),
+            stdout: run_dir.join(layout::attempt_output(task, attempt, Stream::Stdout)),
+            stderr: run_dir.join(layout::attempt_output(task, attempt, Stream::Stderr)),
+            workspace,
+            run_dir,
+        }
+    }
+
+    fn create(&self) -> Result<(), PrepareError> {
+        let dirs = [self.tmp.as_path(), self.stdout.parent().unwrap_or(&self.run_dir)];
+        for dir in dirs {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| PrepareError { path: dir.to_path_buf(), source })?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("failed to create `{}`", path.display())]
+struct PrepareError {
+    path: PathBuf,
+    #[source]
+    source: std::io::Error,
+}
+
+/// Who runs the attempt and in which trace.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptContext<'a> {
+    pub run_dir: &'a Path,
+    pub run_id: &'a RunId,
+    pub trace_id: &'a TraceId,
+    /// The attempt's own span (`TRACEPARENT`, and the envelopes' `parent_id`).
+    pub span_id: &'a SpanId,
+    pub worker_id: &'a str,
+}
+
+/// Runs one attempt of a dispatch to its end.
+///
+/// Sends exactly one `Started` (with `pid: None` when nothing was spawned: dry run, bad
+/// workspace, failed staging, spawn error), then `Output`/`OutputCapped` events. The caller
+/// publishes `Finished` with the returned result.
+pub async fn run_attempt(
+    cx: &AttemptContext<'_>,
+    dispatch: &Dispatch,
+    events: EventSink<'_>,
+    cancel: &CancellationToken,
+) -> AttemptResult {
+    let started_at = Timestamp::now();
+    let task = &dispatch.task;
+    let paths = AttemptPaths::new(cx.run_dir, &task.id, dispatch.attempt);
+    let mut result = AttemptResult {
+        outcome: Outcome::Succeeded {},
+        worker_id: cx.worker_id.to_owned(),
+        started_at,
+        finished_at: started_at,
+        exit_code: None,
+        signal: None,
+        stdout_bytes: 0,
+        stderr_bytes: 0,
+        artifacts: Vec::new(),
+    };
+    let Tool::Exec(spec) = &task.tool;
+    let path_var = task.env.get("PATH").map_or(exec::DEFAULT_PATH, String::as_str);
+    let resolved = exec::resolve_program(&spec.program, path_var, &paths.workspace);
+    let argv: Vec<String> = std::iter::once(match &resolved {
+        Ok(p) => p.to_string_lossy().into_owned(),
+        Err(_) => spec.program.clone(),
+    })
+    .chain(spec.args.iter().cloned())
+    .collect();
+
+    let mut not_spawned = |events: EventSink<'_>, failure: Option<Failure>| {
+        events(TaskEvent::Started {
+            worker_id: cx.worker_id.to_owned(),
+            pid: None,
+            argv: argv.clone(),
+            started_at,
+        });
+        result.outcome = match failure {
+            Some(failure) => Outcome::Failed { failure },
+            None => Outcome::DryRun {},
+        };
+        result.finished_at = Timestamp::now();
+        result.clone()
+    };
+
+    if dispatch.dry_run {
+        return not_spawned(events, None);
+    }
+    if let Err(e) = paths.create() {
+        return not_spawned(events, Some(Failure::from_error(FailureKind::Internal, &e)));
+    }
+    if cancel.is_cancelled() {
+        let failure = Failure::new(FailureKind::Cancelled, "the attempt was cancelled");
+        return not_spawned(events, Some(failure));
+    }
+    if !dispatch.inputs.is_empty() {
+        let (run_dir, workspace, inputs) =
+            (paths.run_dir.clone(), paths.workspace.clone(), dispatch.inputs.clone());
+        let staged = blocking(move || artifacts::stage_inputs(&run_dir, &workspace, &inputs)).await;
+        if let Err(failure) = staged {
+            return not_spawned(events, Some(failure));
+        }
+    }
+    let program = match resolved {
+        Ok(p) => p,
+        Err(e) => {
+            return not_spawned(events, Some(e.to_failure()));
+        }
+    };
+
+    let span_id = cx.span_id;
+    let ids = EnvIds {
+        run_id: cx.run_id.as_str(),
+        task_id: task.id.as_str(),
+        attempt: dispatch.attempt,
+        trace_id: cx.trace_id,
+        span_id,
+    };
+    let env = exec::clean_env(&paths.workspace, &paths.tmp, &task.env, ids);
+    let req = ExecRequest {
+        program: &program,
+        arg0: &spec.program,
+        args: &spec.args,
+        env: &env,
+        cwd: &paths.workspace,
+        stdout_path: &paths.stdout,
+        stderr_path: &paths.stderr,
+        timeout: Duration::from_millis(task.timeout_ms),
+        kill_grace: Duration::from_millis(dispatch.kill_grace_ms),
+        output_cap: dispatch.output_cap_bytes,
+        worker_id: cx.worker_id,
+        started_at,
+    };
+    let report = exec::execute(&req, events, cancel).await;
+    if report.pid.is_none() {
+        let failure = report.failure.unwrap_or_else(|| {
+            Failure::new(FailureKind::Internal, "the attempt ended without being spawned")
+        });
+        return not_spawned(events, Some(failure));
+    }
+    result.exit_code = report.exit_code;
+    result.signal = report.signal;
+    result.stdout_bytes = report.stdout_bytes;
+    result.stderr_bytes = report.stderr_bytes;
+    result.outcome = match report.failure {
+        Some(failure) => Outcome::Failed { failure },
+        None if task.outputs.is_empty() => Outcome::Succeeded {},
+        None => {
+            let (run_dir, workspace, id, outputs) = (
+                paths.run_dir.clone(),
+                paths.workspace.clone(),
+                task.id.clone(),
+                task.outputs.clone(),
+            );
+            let collected =
+                blocking(move || artifacts::collect_outputs(&run_dir, &workspace, &id, &outputs))
+                    .await;
+            match collected {
+                Ok(records) => {
+                    result.artifacts = records;
+                    Outcome::Succeeded {}
+                }
+                Err(failure) => Outcome::Failed { failure },
+            }
+        }
+    };
+    result.finished_at = Timestamp::now();
+    result
+}
+
+/// Runs file work off the async threads; an artifact error becomes an `Artifact` failure.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ArtifactError> + Send + 'static,
+) -> Result<T, Failure> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Failure::from_error(FailureKind::Artifact, &e)),
+        Err(e) => Err(Failure::new(FailureKind::Internal, format!("artifact task failed: {e}"))),
+    }
+}

@@ -1,0 +1,372 @@
+//! The worker service: pulls dispatches from a work queue, runs each as an attempt, publishes
+//! its task events, and acks. The only module of the worker that talks to the bus.
+//!
+//! Per delivery: `Started` → `Output`… (with `Heartbeat` + `progress()` every `heartbeat`) →
+//! `Finished` → `ack`. The ack follows the published `Finished`, so a worker that dies mid-way
+//! leaves the delivery to be redelivered. A payload that does not decode is terminated.
+
+use crate::attempt::{AttemptContext, run_attempt};
+use bytes::Bytes;
+use orchestra_bus::{Bus, BusError, Delivery, WorkQueue};
+use orchestra_proto::{
+    Control, Ctx, Dispatch, Envelope, FailureKind, Outcome, RunId, SpanId, TaskEvent, Timestamp,
+    codec, subjects,
+};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info, info_span, warn};
+
+/// How long one `next()` call waits for a delivery before it is asked again.
+const PULL_WAIT: Duration = Duration::from_secs(5);
+/// Cancelled runs remembered, so that their late dispatches are not run.
+const CANCELLED_MEMORY: usize = 1024;
+
+/// What a worker process is told at start.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Reported in `Started` and `Finished`, and in every log line.
+    pub worker_id: String,
+    /// The pool the work queue serves (for logs; the caller opens the queue).
+    pub pool: String,
+    /// Parent of the run directories: a dispatch runs in `<runs_dir>/<run_id>/`.
+    pub runs_dir: PathBuf,
+    /// Attempts run at once.
+    pub slots: usize,
+    /// Time between heartbeats of a running attempt; zero disables them.
+    pub heartbeat: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("failed to subscribe to control messages on `{subject}`")]
+    Subscribe {
+        subject: String,
+        #[source]
+        source: BusError,
+    },
+    #[error("the work queue of pool `{pool}` closed")]
+    QueueClosed { pool: String },
+}
+
+/// Subject pattern of every run's control messages: `orchestra.v1.run.*.ctl`.
+// TODO: use `subjects::run_control_all()` once proto has it.
+fn run_control_all() -> String {
+    subjects::run_control(&RunId::new_unchecked("*"))
+}
+
+/// Cancellation of the attempts of each run.
+///
+/// A cancelled run is remembered (the last [`CANCELLED_MEMORY`] of them) with the time of its
+/// cancel, so that a dispatch sent before the cancel and still queued is not run; a dispatch
+/// sent after it (a resumed run) runs normally.
+struct Runs {
+    root: CancellationToken,
+    inner: Mutex<RunsInner>,
+}
+
+#[derive(Default)]
+struct RunsInner {
+    active: HashMap<RunId, (CancellationToken, usize)>,
+    cancelled: HashMap<RunId, (String, Timestamp)>,
+    cancelled_order: VecDeque<RunId>,
+}
+
+impl Runs {
+    fn new(root: CancellationToken) -> Self {
+        Self { root, inner: Mutex::new(RunsInner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunsInner> {
+        // The maps stay consistent even if a holder panicked: no update spans a panic point.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A token cancelled with the run (or the worker); already cancelled for a dispatch sent
+    /// before its run was cancelled. Pair with [`Runs::leave`].
+    fn enter(&self, run: &RunId, dispatched_at: Timestamp) -> CancellationToken {
+        let mut inner = self.lock();
+        let stale = inner.cancelled.get(run).is_some_and(|(_, at)| dispatched_at <= *at);
+        let (token, count) =
+            inner.active.entry(run.clone()).or_insert_with(|| (self.root.child_token(), 0));
+        *count += 1;
+        if stale {
+            let token = self.root.child_token();
+            token.cancel();
+            return token;
+        }
+        if token.is_cancelled() && !self.root.is_cancelled() {
+            // The run was cancelled, then resumed: new attempts get a fresh token.
+            *token = self.root.child_token();
+        }
+        token.clone()
+    }
+
+    fn leave(&self, run: &RunId) {
+        let mut inner = self.lock();
+        if let Some((_, count)) = inner.active.get_mut(run) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                inner.active.remove(run);
+            }
+        }
+    }
+
+    /// Cancels the run's attempts; returns how many were running.
+    fn cancel(&self, run: &RunId, reason: String, at: Timestamp) -> usize {
+        let mut inner = self.lock();
+        if !inner.cancelled.contains_key(run) {
+            inner.cancelled_order.push_back(run.clone());
+            if inner.cancelled_order.len() > CANCELLED_MEMORY {
+                if let Some(old) = inner.cancelled_order.pop_front() {
+                    inner.cancelled.remove(&old);
+                }
+            }
+        }
+        inner.cancelled.insert(run.clone(), (reason, at));
+        match inner.active.get(run) {
+            Some((token, count)) => {
+                token.cancel();
+                *count
+            }
+            None => 0,
+        }
+    }
+
+    fn cancel_reason(&self, run: &RunId) -> Option<String> {
+        self.lock().cancelled.get(run).map(|(reason, _)| reason.clone())
+    }
+}
+
+struct Shared {
+    bus: Arc<dyn Bus>,
+    config: WorkerConfig,
+    runs: Runs,
+    /// Cancelled when the worker stops.
+    stop: CancellationToken,
+}
+
+/// Runs the worker until `shutdown` is cancelled (or the queue closes): stops pulling, ends the
+/// running attempts (reported as `Cancelled`), and returns once they are reported.
+pub async fn run(
+    bus: Arc<dyn Bus>,
+    queue: Arc<dyn WorkQueue>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let stop = shutdown.child_token();
+    let control_subject = run_control_all();
+    let control = bus
+        .subscribe(&control_subject)
+        .await
+        .map_err(|source| WorkerError::Subscribe { subject: control_subject, source })?;
+    let slots = Arc::new(Semaphore::new(config.slots.max(1)));
+    let shared =
+        Arc::new(Shared { bus, runs: Runs::new(stop.child_token()), config, stop: stop.clone() });
+    let tracker = TaskTracker::new();
+    tracker.spawn(control_loop(shared.clone(), control));
+    info!(worker_id = %shared.config.worker_id, pool = %shared.config.pool, slots = shared.config.slots, "worker started");
+
+    let mut result = Ok(());
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            n = queue.next(PULL_WAIT) => n,
+        };
+        match next {
+            Ok(Some(delivery)) => {
+                backoff = Duration::from_millis(50);
+                tracker.spawn(handle_delivery(shared.clone(), delivery, permit));
+            }
+            Ok(None) => {}
+            Err(BusError::Closed) => {
+                result = Err(WorkerError::QueueClosed { pool: shared.config.pool.clone() });
+                break;
+            }
+            Err(e) => {
+                warn!(worker_id = %shared.config.worker_id, error = %e, "pulling from the work queue failed; retrying");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    info!(worker_id = %shared.config.worker_id, "worker stopped");
+    result
+}
+
+async fn control_loop(shared: Arc<Shared>, mut control: orchestra_bus::Subscription) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            () = shared.stop.cancelled() => return,
+            m = control.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        match codec::decode::<Control>(&msg.payload) {
+            Ok(env) => match env.body {
+                Control::Cancel { reason } => {
+                    let ended = shared.runs.cancel(&env.run_id, reason.clone(), env.sent_at);
+                    info!(run_id = %env.run_id, worker_id = %shared.config.worker_id, attempts = ended, %reason, "run cancelled");
+                }
+            },
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "ignoring a control message that does not decode");
+            }
+        }
+    }
+}
+
+async fn handle_delivery(shared: Arc<Shared>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let env: Envelope<Dispatch> = match codec::decode(&delivery.payload) {
+        Ok(env) => env,
+        Err(e) => {
+            let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+            warn!(subject = %delivery.subject, error = %e, %cause, "terminating a dispatch that does not decode");
+            if let Err(e) = delivery.acker.term().await {
+                warn!(subject = %delivery.subject, error = %e, "failed to terminate the delivery");
+            }
+            return;
+        }
+    };
+    let ctx = env.ctx();
+    let dispatch = env.body;
+    let span = info_span!(
+        "attempt",
+        run_id = %env.run_id,
+        task_id = %dispatch.task.id,
+        attempt = dispatch.attempt,
+        worker_id = %shared.config.worker_id,
+        trace_id = %env.trace_id,
+    );
+    let span_id = SpanId::generate();
+    let ctx = ctx.task(dispatch.task.id.clone(), dispatch.attempt).with_parent(span_id.clone());
+    let cancel = shared.runs.enter(&ctx.run_id, env.sent_at);
+    run_dispatch(&shared, &delivery, &ctx, span_id, &dispatch, cancel).instrument(span).await;
+    shared.runs.leave(&ctx.run_id);
+}
+
+async fn run_dispatch(
+    shared: &Shared,
+    delivery: &Delivery,
+    ctx: &Ctx,
+    span_id: SpanId,
+    dispatch: &Dispatch,
+    cancel: CancellationToken,
+) {
+    let run_id = &ctx.run_id;
+    let subject = subjects::task_events(run_id, &dispatch.task.id);
+    let run_dir = shared.config.runs_dir.join(run_id.as_str());
+    let cx = AttemptContext {
+        run_dir: &run_dir,
+        run_id,
+        trace_id: &ctx.trace_id,
+        span_id: &span_id,
+        worker_id: &shared.config.worker_id,
+    };
+    let publish = |event: TaskEvent| {
+        let payload = Bytes::from(codec::encode(&ctx.envelope(Timestamp::now(), event)));
+        let subject = subject.as_str();
+        async move {
+            if let Err(e) = shared.bus.publish(subject, payload).await {
+                warn!(%subject, error = %e, "failed to publish a task event");
+                return false;
+            }
+            true
+        }
+    };
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut sink = move |event: TaskEvent| {
+        let _ = tx.send(event);
+    };
+    let attempt = run_attempt(&cx, dispatch, &mut sink, &cancel);
+    tokio::pin!(attempt);
+    let heartbeat = shared.config.heartbeat;
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + heartbeat,
+        heartbeat.max(Duration::from_millis(1)),
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut logged_start = false;
+    let mut result = loop {
+        tokio::select! {
+            biased;
+            Some(event) = rx.recv() => {
+                if !logged_start {
+                    if let TaskEvent::Started { pid, argv, .. } = &event {
+                        info!(pid, program = argv.first().map(String::as_str).unwrap_or(""), "attempt started");
+                        logged_start = true;
+                    }
+                }
+                publish(event).await;
+            }
+            r = &mut attempt => break r,
+            _ = ticks.tick(), if !heartbeat.is_zero() => {
+                publish(TaskEvent::Heartbeat {}).await;
+                if let Err(e) = delivery.acker.progress().await {
+                    warn!(error = %e, "failed to extend the delivery's ack deadline");
+                }
+            }
+        }
+    };
+    // Every event was sent before the attempt returned.
+    while let Ok(event) = rx.try_recv() {
+        publish(event).await;
+    }
+
+    if let Outcome::Failed { failure } = &mut result.outcome {
+        if failure.kind == FailureKind::Cancelled {
+            if shared.stop.is_cancelled() {
+                failure.message = format!("worker `{}` is shutting down", shared.config.worker_id);
+            } else if let Some(reason) = shared.runs.cancel_reason(run_id) {
+                failure.message = format!("run cancelled: {reason}");
+            }
+        }
+    }
+    match &result.outcome {
+        Outcome::Failed { failure } => info!(
+            outcome = "failed",
+            failure_kind = %failure.kind,
+            duration_ms = result.duration_ms(),
+            error = %failure,
+            "attempt finished"
+        ),
+        Outcome::Succeeded {} | Outcome::DryRun {} => info!(
+            outcome =
+                if matches!(result.outcome, Outcome::DryRun {}) { "dry_run" } else { "succeeded" },
+            duration_ms = result.duration_ms(),
+            artifacts = result.artifacts.len(),
+            "attempt finished"
+        ),
+    }
+    if publish(TaskEvent::Finished(Box::new(result))).await {
+        if let Err(e) = delivery.acker.ack().await {
+            warn!(error = %e, "failed to ack the delivery");
+        }
+    } else if let Err(e) = delivery.acker.nak(None).await {
+        warn!(error = %e, "failed to nak the delivery after its result could not be published");
+    }
+}
