@@ -172,7 +172,7 @@ impl Coordinator {
                 let records: Vec<TaskRecord> =
                     record.plan.tasks.iter().map(|t| TaskRecord::new(t.id.clone())).collect();
                 self.store.put_tasks(&ctx.run_id, &records)?;
-                self.store.flush().await?;
+                self.store.flush()?;
                 let sched = Scheduler::new(checked, options, seed);
                 self.spawn_run(Ctx::run(ctx.run_id, ctx.trace_id), sched, shutdown).await?;
                 Ok(RunReply::Accepted { tasks, order })
@@ -348,7 +348,13 @@ impl RunDriver {
             }
             store.append_event(&run, &RunEvent::Finished(o.clone()))?;
         }
-        store.flush().await?;
+        // Only what others can observe must wait for the disk: a batch that publishes nothing
+        // (an attempt reported as started) is flushed with the next one that does.
+        let publishes = outcome.is_some()
+            || effects.iter().any(|e| matches!(e, Effect::Dispatch(_) | Effect::Emit(_)));
+        if publishes {
+            store.flush()?;
+        }
         let pool = subjects::task_queue(&self.sched_pool());
         for e in effects {
             match e {

@@ -299,10 +299,10 @@ async fn follow(
             if matches!(env.body, RunEvent::Finished(_)) {
                 break;
             }
-        } else if let Ok(env) = codec::decode::<TaskEvent>(&msg.payload) {
-            if let (Some(task), Some(attempt)) = (&env.task_id, env.attempt) {
-                progress.task_event(task, attempt, &env.body, dry_run);
-            }
+        } else if let Ok(env) = codec::decode::<TaskEvent>(&msg.payload)
+            && let (Some(task), Some(attempt)) = (&env.task_id, env.attempt)
+        {
+            progress.task_event(task, attempt, &env.body, dry_run);
         }
     }
     progress.finish();

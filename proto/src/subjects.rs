@@ -5,7 +5,7 @@
 //! | [`RUN_SUBMIT`] | request/reply | L1 → L2 |
 //! | `orchestra.v1.run.<run>.events` | pub/sub | L2 → L1 (run events) |
 //! | `orchestra.v1.run.<run>.task.<task>` | pub/sub | L3 → L2, L1 (task events) |
-//! | `orchestra.v1.run.<run>.ctl` | pub/sub | L1 → L2 (cancel) |
+//! | `orchestra.v1.run.<run>.ctl` | pub/sub | L1 → L2 and L3 (cancel) |
 //! | `orchestra.v1.task.<pool>` | work queue | L2 → L3 (dispatches) |
 //!
 //! Run ids, task ids and pool names are restricted to `[A-Za-z0-9_-]`, so they are always a
@@ -48,6 +48,11 @@ pub fn run_control(run: &RunId) -> String {
     format!("{PREFIX}.run.{run}.ctl")
 }
 
+/// Control messages of every run (workers listen to all of them).
+pub fn run_control_all() -> String {
+    format!("{PREFIX}.run.*.ctl")
+}
+
 /// The work queue of a worker pool.
 pub fn task_queue(pool: &str) -> String {
     format!("{PREFIX}.task.{pool}")
@@ -71,6 +76,7 @@ mod tests {
         assert_eq!(task_events_all(&run), "orchestra.v1.run.r1.task.*");
         assert_eq!(run_all(&run), "orchestra.v1.run.r1.>");
         assert_eq!(run_control(&run), "orchestra.v1.run.r1.ctl");
+        assert_eq!(run_control_all(), "orchestra.v1.run.*.ctl");
         assert_eq!(task_queue(DEFAULT_POOL), "orchestra.v1.task.default");
         assert_eq!(dispatch_msg_id(&run, &task, 2), "r1/t1/2");
         assert!(RUN_SUBMIT.starts_with(PREFIX));

@@ -114,7 +114,7 @@ async fn transitions_are_stored_before_they_are_published() {
         }
         seen.push(ev.body);
     }
-    let pos = |want: &dyn Fn(&RunEvent) -> bool| seen.iter().position(|e| want(e)).unwrap();
+    let pos = |want: &dyn Fn(&RunEvent) -> bool| seen.iter().position(want).unwrap();
     let a_done =
         pos(&|e| matches!(e, RunEvent::TaskSucceeded { task_id, .. } if task_id.as_str() == "a"));
     let b_sent =

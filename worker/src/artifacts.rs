@@ -245,17 +245,17 @@ fn copy_hashed(
             size += n as u64;
         }
         let sha256 = hex::encode(hasher.finalize());
-        if let Some(input) = expect {
-            if input.size != size || input.sha256 != sha256 {
-                return Err(ArtifactError::InputMismatch {
-                    task: input.task.clone(),
-                    path: input.path.clone(),
-                    expected_size: input.size,
-                    expected_sha256: input.sha256.clone(),
-                    size,
-                    sha256,
-                });
-            }
+        if let Some(input) = expect
+            && (input.size != size || input.sha256 != sha256)
+        {
+            return Err(ArtifactError::InputMismatch {
+                task: input.task.clone(),
+                path: input.path.clone(),
+                expected_size: input.size,
+                expected_sha256: input.sha256.clone(),
+                size,
+                sha256,
+            });
         }
         std::fs::rename(&tmp, to).map_err(copy_err)?;
         Ok((size, sha256))

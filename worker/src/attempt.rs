@@ -37,7 +37,7 @@ impl AttemptPaths {
     }
 
     fn create(&self) -> Result<(), PrepareError> {
-        let dirs = [self.tmp.as_path(), self.stdout.parent().unwrap_or(&self.run_dir)];
+        let dirs = [self.tmp.as_path()];
         for dir in dirs {
             std::fs::create_dir_all(dir)
                 .map_err(|source| PrepareError { path: dir.to_path_buf(), source })?;
@@ -63,6 +63,8 @@ pub struct AttemptContext<'a> {
     /// The attempt's own span (`TRACEPARENT`, and the envelopes' `parent_id`).
     pub span_id: &'a SpanId,
     pub worker_id: &'a str,
+    /// See [`crate::WorkerOptions::die_with_worker`].
+    pub die_with_worker: bool,
 }
 
 /// Runs one attempt of a dispatch to its end.
@@ -160,6 +162,7 @@ pub async fn run_attempt(
         timeout: Duration::from_millis(task.timeout_ms),
         kill_grace: Duration::from_millis(dispatch.kill_grace_ms),
         output_cap: dispatch.output_cap_bytes,
+        die_with_worker: cx.die_with_worker,
         worker_id: cx.worker_id,
         started_at,
     };

@@ -83,12 +83,13 @@ pub fn resolve_program(program: &str, path: &str, cwd: &Path) -> Result<PathBuf,
     }
     if !program.is_empty() {
         for dir in path.split(':').filter(|d| !d.is_empty()) {
-            let candidate = Path::new(dir).join(program);
+            // A relative entry is relative to the attempt's cwd, as it would be for `execvp`.
+            let candidate = cwd.join(dir).join(program);
             let executable = std::fs::metadata(&candidate)
                 .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
                 .unwrap_or(false);
             if executable {
-                return Ok(if candidate.is_absolute() { candidate } else { cwd.join(candidate) });
+                return Ok(candidate);
             }
         }
     }
@@ -150,6 +151,8 @@ pub struct ExecRequest<'a> {
     pub kill_grace: Duration,
     /// Bytes kept per stream; past it the attempt is ended.
     pub output_cap: u64,
+    /// Kill the group leader when the spawning thread dies (see `sandbox`); slower spawns.
+    pub die_with_worker: bool,
     /// For the `Started` event.
     pub worker_id: &'a str,
     pub started_at: Timestamp,
@@ -199,10 +202,11 @@ enum Ending {
     OutputLimit(Stream),
 }
 
-/// One output stream: its file, what was kept, and the event sequence.
+/// One output stream: its file (created with the first byte), what was kept, and the event
+/// sequence.
 struct Sink {
     stream: Stream,
-    file: std::fs::File,
+    file: Option<std::fs::File>,
     path: PathBuf,
     kept: u64,
     seq: u64,
@@ -213,14 +217,10 @@ struct Sink {
 }
 
 impl Sink {
-    fn open(stream: Stream, path: &Path) -> Result<Self, Failure> {
-        let file = std::fs::File::create(path).map_err(|e| {
-            let err = OutputFileError { path: path.to_owned(), source: e };
-            Failure::from_error(FailureKind::Internal, &err)
-        })?;
-        Ok(Self {
+    fn new(stream: Stream, path: &Path) -> Self {
+        Self {
             stream,
-            file,
+            file: None,
             path: path.to_owned(),
             kept: 0,
             seq: 0,
@@ -228,7 +228,20 @@ impl Sink {
             capped: false,
             eof: false,
             write_error: None,
-        })
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                self.file.insert(std::fs::File::create(&self.path)?)
+            }
+        };
+        file.write_all(data)
     }
 
     /// Keeps what fits under the cap; returns true the first time the cap is exceeded.
@@ -237,10 +250,10 @@ impl Sink {
         let take = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         if take > 0 {
             let kept = &data[..take];
-            if self.write_error.is_none() {
-                if let Err(e) = self.file.write_all(kept) {
-                    self.write_error = Some(e);
-                }
+            if self.write_error.is_none()
+                && let Err(e) = self.write(kept)
+            {
+                self.write_error = Some(e);
             }
             self.kept += take as u64;
             let chunk = decode_utf8(&mut self.carry, kept);
@@ -326,6 +339,20 @@ fn leader_exited(pid: Pid) -> bool {
     }
 }
 
+/// Kills the process group if the supervising future is dropped before the attempt ended.
+struct GroupGuard {
+    pgid: Pid,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
 fn signal_group(pgid: Pid, signal: Signal) {
     // ESRCH only means that nobody is left in the group.
     let _ = killpg(pgid, signal);
@@ -395,12 +422,15 @@ enum Step {
     DrainOver,
 }
 
+/// Reads the next chunk into `buf` (replacing its contents); 0 at end of file.
 async fn read_pipe<R: AsyncReadExt + Unpin>(
     pipe: &mut Option<R>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
+    buf.clear();
     match pipe {
-        Some(p) => p.read(buf).await,
+        // `read_buf` fills spare capacity: the buffer is never zeroed.
+        Some(p) => p.read_buf(buf).await,
         None => Ok(0),
     }
 }
@@ -412,14 +442,8 @@ pub async fn execute(
     events: EventSink<'_>,
     cancel: &CancellationToken,
 ) -> ExecReport {
-    let mut out = match Sink::open(Stream::Stdout, req.stdout_path) {
-        Ok(s) => s,
-        Err(f) => return ExecReport::not_spawned(f),
-    };
-    let mut err = match Sink::open(Stream::Stderr, req.stderr_path) {
-        Ok(s) => s,
-        Err(f) => return ExecReport::not_spawned(f),
-    };
+    let mut out = Sink::new(Stream::Stdout, req.stdout_path);
+    let mut err = Sink::new(Stream::Stderr, req.stderr_path);
 
     // Registered before the spawn so that the leader's exit cannot be missed.
     let mut sigchld = match signal(SignalKind::child()) {
@@ -437,7 +461,7 @@ pub async fn execute(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(false);
-    sandbox::confine(&mut cmd);
+    sandbox::confine(&mut cmd, req.die_with_worker);
 
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -454,6 +478,7 @@ pub async fn execute(
         ));
     };
     let pid = Pid::from_raw(raw_pid as i32);
+    let mut guard = GroupGuard { pgid: pid, armed: true };
     events(TaskEvent::Started {
         worker_id: req.worker_id.to_owned(),
         pid: Some(raw_pid),
@@ -463,8 +488,8 @@ pub async fn execute(
 
     let mut stdout: Option<ChildStdout> = child.stdout.take();
     let mut stderr: Option<ChildStderr> = child.stderr.take();
-    let mut out_buf = vec![0u8; READ_BUF];
-    let mut err_buf = vec![0u8; READ_BUF];
+    let mut out_buf = Vec::with_capacity(READ_BUF);
+    let mut err_buf = Vec::with_capacity(READ_BUF);
 
     let deadline = tokio::time::sleep(req.timeout);
     let kill_timer = tokio::time::sleep(Duration::ZERO);
@@ -566,6 +591,8 @@ pub async fn execute(
     }
     drop(stdout);
     drop(stderr);
+    // The group was killed when the leader exited; nothing is left to guard.
+    guard.armed = false;
 
     let status = match child.wait().await {
         Ok(s) => s,
@@ -649,6 +676,10 @@ mod tests {
         check("/bin/true", "", Some("/bin/true"));
         // a directory is not a program
         check("usr", "/", None);
+        // relative PATH entries are taken from the attempt's cwd
+        check("sh", "bin", None);
+        let cwd = Path::new("/");
+        assert_eq!(resolve_program("sh", "bin", cwd).ok().as_deref(), Some(Path::new("/bin/sh")));
     }
 
     #[test]

@@ -27,4 +27,4 @@ pub mod service;
 
 pub use attempt::{AttemptContext, AttemptPaths, run_attempt};
 pub use exec::{EventSink, ExecReport, ExecRequest, SpawnError, execute};
-pub use service::{WorkerConfig, WorkerError, run};
+pub use service::{WorkerConfig, WorkerError, WorkerOptions, run, run_with_options};

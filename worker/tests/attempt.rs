@@ -46,6 +46,7 @@ fn exec(program: &str, args: &[&str]) -> Dispatch {
 
 struct Run {
     dir: tempfile::TempDir,
+    die_with_worker: bool,
 }
 
 struct Done {
@@ -80,12 +81,12 @@ impl Done {
         let mut expected_seq = 0;
         let mut text = String::new();
         for e in &self.events {
-            if let TaskEvent::Output { stream: s, seq, chunk } = e {
-                if *s == stream {
-                    assert_eq!(*seq, expected_seq, "seq of {stream:?}");
-                    expected_seq += 1;
-                    text += chunk;
-                }
+            if let TaskEvent::Output { stream: s, seq, chunk } = e
+                && *s == stream
+            {
+                assert_eq!(*seq, expected_seq, "seq of {stream:?}");
+                expected_seq += 1;
+                text += chunk;
             }
         }
         text
@@ -94,7 +95,7 @@ impl Done {
 
 impl Run {
     fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self { dir: tempfile::tempdir().unwrap(), die_with_worker: false }
     }
 
     fn path(&self) -> &Path {
@@ -119,6 +120,7 @@ impl Run {
             trace_id: &trace_id,
             span_id: &span_id,
             worker_id: "w1",
+            die_with_worker: self.die_with_worker,
         };
         let mut events = Vec::new();
         let mut sink = |e: TaskEvent| events.push(e);
@@ -548,4 +550,126 @@ async fn utf8_split_across_reads_is_reassembled() {
     // `€` is three bytes; print them with a pause in between so they arrive in separate reads.
     let done = run.attempt(&sh("printf '\\342'; sleep 0.05; printf '\\202\\254\\n'")).await;
     assert_eq!(done.output(Stream::Stdout), "€\n");
+}
+
+fn context<'a>(
+    run_dir: &'a Path,
+    ids: &'a (RunId, TraceId, SpanId),
+    die_with_worker: bool,
+) -> AttemptContext<'a> {
+    AttemptContext {
+        run_dir,
+        run_id: &ids.0,
+        trace_id: &ids.1,
+        span_id: &ids.2,
+        worker_id: "w1",
+        die_with_worker,
+    }
+}
+
+fn ids() -> (RunId, TraceId, SpanId) {
+    (RunId::new_unchecked("r1"), TraceId::generate(), SpanId::generate())
+}
+
+fn started_pid(events: &[TaskEvent]) -> Option<i32> {
+    events.iter().find_map(|e| match e {
+        TaskEvent::Started { pid, .. } => pid.map(|p| p as i32),
+        _ => None,
+    })
+}
+
+#[tokio::test]
+async fn dropping_an_attempt_ends_its_group() {
+    let run = Run::new();
+    let ids = ids();
+    let cx = context(run.path(), &ids, false);
+    let mut events = Vec::new();
+    let mut sink = |e: TaskEvent| events.push(e);
+    let d = sh("sleep 30 & sleep 30; wait");
+    let cancel = CancellationToken::new();
+    let attempt = run_attempt(&cx, &d, &mut sink, &cancel);
+    assert!(tokio::time::timeout(Duration::from_millis(300), attempt).await.is_err());
+    let pgid = started_pid(&events).expect("spawned");
+    assert_eq!(group_survivors(pgid).await, Vec::<i32>::new());
+}
+
+/// Runs an attempt on its own thread and lets the thread end while the attempt runs, without
+/// dropping it (as if the process died); returns the leader's pid.
+fn abandon_attempt(run_dir: PathBuf, die_with_worker: bool) -> i32 {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let ids = ids();
+        let cx = context(&run_dir, &ids, die_with_worker);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut sink = move |e: TaskEvent| {
+            let _ = tx.send(e);
+        };
+        // The leader is `sleep` itself: the death signal reaches only the leader.
+        let d = exec("sleep", &["30"]);
+        let cancel = CancellationToken::new();
+        let mut attempt = Box::pin(run_attempt(&cx, &d, &mut sink, &cancel));
+        rt.block_on(async {
+            assert!(tokio::time::timeout(Duration::from_millis(200), &mut attempt).await.is_err());
+        });
+        std::mem::forget(attempt);
+        std::mem::forget(rt);
+        let events: Vec<_> = rx.try_iter().collect();
+        started_pid(&events).expect("spawned")
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn die_with_worker_kills_the_leader_when_the_spawning_thread_ends() {
+    let run = Run::new();
+    let pid = abandon_attempt(run.path().to_owned(), true);
+    for _ in 0..100 {
+        if !is_alive(pid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let survived = is_alive(pid);
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    assert!(!survived, "leader {pid} outlived its spawning thread");
+
+    // Without the option the leader lives on (and is cleaned up here).
+    let pid = abandon_attempt(run.path().to_owned(), false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(is_alive(pid), "leader {pid} died without die_with_worker");
+    nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[tokio::test]
+async fn both_spawn_paths_behave_the_same() {
+    for die_with_worker in [false, true] {
+        let run = Run { die_with_worker, ..Run::new() };
+        let done = run.attempt(&sh("echo $PWD")).await;
+        assert_eq!(done.result.outcome, Outcome::Succeeded {}, "{die_with_worker}");
+        assert_eq!(done.output(Stream::Stdout).trim_end(), run.workspace().to_str().unwrap());
+
+        let mut d = sh("sleep 30 & echo $! > pid; wait");
+        d.task.timeout_ms = 200;
+        let done = run.attempt(&d).await;
+        assert_eq!(done.failure_kind(), Some(FailureKind::Timeout), "{die_with_worker}");
+        assert_eq!(group_survivors(done.pid().unwrap() as i32).await, Vec::<i32>::new());
+        assert!(!is_alive(read_pids(&run.workspace().join("pid"))[0]));
+
+        let done = run.attempt(&exec("no-such-program-xyz", &[])).await;
+        assert_eq!(done.failure_kind(), Some(FailureKind::Spawn), "{die_with_worker}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_stream_leaves_no_file() {
+    let run = Run::new();
+    let done = run.attempt(&sh("echo only-stderr >&2")).await;
+    assert_eq!(done.result.outcome, Outcome::Succeeded {});
+    let dir = run.path().join("tasks").join(TASK).join("1");
+    assert!(!dir.join("stdout").exists());
+    assert_eq!(std::fs::read_to_string(dir.join("stderr")).unwrap(), "only-stderr\n");
+    let done = run.attempt(&exec("true", &[])).await;
+    assert_eq!(done.result.outcome, Outcome::Succeeded {});
+    assert_eq!((done.result.stdout_bytes, done.result.stderr_bytes), (0, 0));
 }

@@ -1,6 +1,8 @@
 //! Per-attempt overhead: 1000 `/bin/true` attempts at concurrency 2, against `xargs -P2`.
-//! Ignored by default (timing-sensitive); run with `cargo test -p orchestra-worker --release
-//! --test throughput -- --ignored --nocapture`.
+//! Ignored by default (timing-sensitive); run on a quiet machine with `cargo test -p
+//! orchestra-worker --release --test throughput -- --ignored --nocapture --test-threads=1`.
+//! Directory creation dominates the worker's own cost on some filesystems (ext4 without a
+//! journal scans recently deleted inodes), so results depend on recent deletions.
 
 use bytes::Bytes;
 use orchestra_bus::{Bus, MemBus, QueueConfig};
@@ -69,6 +71,7 @@ async fn worker() -> Duration {
                     trace_id: &trace_id,
                     span_id: &span_id,
                     worker_id: "w",
+                    die_with_worker: false,
                 };
                 let mut events = Vec::new();
                 let mut sink = |e: TaskEvent| events.push(e);
