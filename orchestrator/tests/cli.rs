@@ -78,11 +78,9 @@ fn sha256sum(p: &Path) -> String {
 fn alive(pid: i32) -> bool {
     // A zombie is dead for our purposes: it runs nothing and holds nothing but a pid.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit(')')
-            .next()
-            .map(|s| s.trim_start().chars().next() != Some('Z'))
-            .unwrap_or(false),
+        Ok(stat) => {
+            stat.rsplit(')').next().map(|s| !s.trim_start().starts_with('Z')).unwrap_or(false)
+        }
         Err(_) => false,
     }
 }
