@@ -5,7 +5,7 @@
 //! - `sched` (pure): the scheduler state machine; time is an input, effects are the output.
 //! - `store`: the typed sled store — the only place that opens sled.
 //! - `service`: the only awaiting loop; feeds the scheduler and applies its effects
-//!   (write + flush before publish).
+//!   (write + commit before publish).
 //!
 //! Architecture invariant: `plan` and `sched` do no I/O and read no clock.
 

@@ -172,7 +172,7 @@ impl Coordinator {
                 let records: Vec<TaskRecord> =
                     record.plan.tasks.iter().map(|t| TaskRecord::new(t.id.clone())).collect();
                 self.store.put_tasks(&ctx.run_id, &records)?;
-                self.store.flush()?;
+                self.store.commit()?;
                 let sched = Scheduler::new(checked, options, seed);
                 self.spawn_run(Ctx::run(ctx.run_id, ctx.trace_id), sched, shutdown).await?;
                 Ok(RunReply::Accepted { tasks, order })
@@ -238,7 +238,7 @@ struct RunDriver {
     control: orchestra_bus::Subscription,
 }
 
-/// Most inputs folded into one write-flush-publish batch.
+/// Most inputs folded into one write-commit-publish batch.
 const MAX_BATCH: usize = 256;
 
 impl RunDriver {
@@ -275,7 +275,7 @@ impl RunDriver {
             if let Some(input) = first {
                 effects.extend(self.sched.handle(now(), input));
             }
-            // Fold whatever else is already waiting into the same batch: one flush for many.
+            // Fold whatever else is already waiting into the same batch: one commit for many.
             for _ in 0..MAX_BATCH {
                 let Some(m) = self.events.try_next() else { break };
                 if let Some(input) = self.event_input(&m) {
@@ -324,7 +324,7 @@ impl RunDriver {
         }
     }
 
-    /// Applies one batch of effects: write + flush, then publish. Returns true once finished.
+    /// Applies one batch of effects: write + commit, then publish. Returns true once finished.
     async fn apply(&mut self, effects: Vec<Effect>) -> Result<bool, CoordinatorError> {
         if effects.is_empty() {
             return Ok(false);
@@ -348,12 +348,15 @@ impl RunDriver {
             }
             store.append_event(&run, &RunEvent::Finished(o.clone()))?;
         }
-        // Only what others can observe must wait for the disk: a batch that publishes nothing
-        // (an attempt reported as started) is flushed with the next one that does.
+        // Only what others can observe must be committed first: a batch that publishes nothing
+        // (an attempt reported as started) is committed with the next one that does. The end
+        // of a run is synced to disk.
         let publishes = outcome.is_some()
             || effects.iter().any(|e| matches!(e, Effect::Dispatch(_) | Effect::Emit(_)));
-        if publishes {
-            store.flush()?;
+        if outcome.is_some() {
+            store.sync()?;
+        } else if publishes {
+            store.commit()?;
         }
         let pool = subjects::task_queue(&self.sched_pool());
         for e in effects {

@@ -11,6 +11,8 @@ pub const SUMMARY: &str = "summary.json";
 pub const REPORT: &str = "report.md";
 pub const ARTIFACTS_DIR: &str = "artifacts";
 pub const ARTIFACTS_INDEX: &str = "artifacts.json";
+/// `TMPDIR` of the run's tasks.
+pub const TMP_DIR: &str = "tmp";
 /// The embedded run's sled store.
 pub const STATE_DIR: &str = "state";
 

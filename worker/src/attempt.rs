@@ -17,7 +17,8 @@ pub struct AttemptPaths {
     pub run_dir: PathBuf,
     /// `<run_dir>/work/<task>`: cwd and `HOME`, kept across attempts.
     pub workspace: PathBuf,
-    /// `<workspace>/.tmp`: `TMPDIR`.
+    /// `<run_dir>/tmp`: `TMPDIR`, shared by the run's tasks (one directory per run rather than
+    /// per attempt: creating directories is the worker's main cost on short tasks).
     pub tmp: PathBuf,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
@@ -28,7 +29,7 @@ impl AttemptPaths {
         let run_dir = std::path::absolute(run_dir).unwrap_or_else(|_| run_dir.to_owned());
         let workspace = run_dir.join(layout::workspace(task));
         Self {
-            tmp: workspace.join(".tmp"),
+            tmp: run_dir.join(layout::TMP_DIR),
             stdout: run_dir.join(layout::attempt_output(task, attempt, Stream::Stdout)),
             stderr: run_dir.join(layout::attempt_output(task, attempt, Stream::Stderr)),
             workspace,
@@ -37,7 +38,7 @@ impl AttemptPaths {
     }
 
     fn create(&self) -> Result<(), PrepareError> {
-        let dirs = [self.tmp.as_path()];
+        let dirs = [self.tmp.as_path(), self.workspace.as_path()];
         for dir in dirs {
             std::fs::create_dir_all(dir)
                 .map_err(|source| PrepareError { path: dir.to_path_buf(), source })?;

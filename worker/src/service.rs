@@ -324,6 +324,9 @@ async fn run_dispatch(
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut sink = move |event: TaskEvent| {
+        if let TaskEvent::Started { pid, argv, .. } = &event {
+            info!(pid, program = argv.first().map(String::as_str).unwrap_or(""), "attempt started");
+        }
         let _ = tx.send(event);
     };
     let attempt = run_attempt(&cx, dispatch, &mut sink, &cancel);
@@ -334,15 +337,10 @@ async fn run_dispatch(
         heartbeat.max(Duration::from_millis(1)),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut logged_start = false;
     let mut result = loop {
         tokio::select! {
             biased;
             Some(event) = rx.recv() => {
-                if !logged_start && let TaskEvent::Started { pid, argv, .. } = &event {
-                    info!(pid, program = argv.first().map(String::as_str).unwrap_or(""), "attempt started");
-                    logged_start = true;
-                }
                 publish(event).await;
             }
             r = &mut attempt => break r,

@@ -344,7 +344,8 @@ async fn environment_is_clean_and_declared_env_is_visible() {
     let env: BTreeMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
     let ws = run.workspace();
     let ws = ws.to_str().unwrap();
-    let tmp = format!("{ws}/.tmp");
+    let tmp = run.path().join("tmp");
+    let tmp = tmp.to_str().unwrap();
     let expect: BTreeMap<&str, &str> = [
         ("FOO", "bar baz"),
         ("HOME", ws),
@@ -353,7 +354,7 @@ async fn environment_is_clean_and_declared_env_is_visible() {
         ("ORCHESTRA_RUN_ID", "r1"),
         ("ORCHESTRA_TASK_ID", TASK),
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
-        ("TMPDIR", tmp.as_str()),
+        ("TMPDIR", tmp),
         ("TRACEPARENT", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
     ]
     .into_iter()
