@@ -47,7 +47,7 @@ pub enum StoreError {
 }
 
 /// One journal line: an insert into a tree.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct JournalEntry {
     tree: String,
     /// The key, hex-encoded (event keys are binary).
@@ -160,18 +160,18 @@ impl Store {
     }
 
     fn insert(&self, tree: &str, key: Vec<u8>, value: Vec<u8>) -> Result<(), StoreError> {
-        let entry = JournalEntry {
-            tree: tree.to_owned(),
-            key: hex::encode(&key),
-            value: serde_json::value::RawValue::from_string(
-                String::from_utf8(value.clone()).expect("json is utf-8"),
-            )
-            .expect("proto records are valid json"),
-        };
+        // The journal line is a `JournalEntry`, written by hand to avoid re-parsing `value`.
+        let mut line = Vec::with_capacity(value.len() + key.len() * 2 + 40);
+        line.extend_from_slice(b"{\"tree\":\"");
+        line.extend_from_slice(tree.as_bytes());
+        line.extend_from_slice(b"\",\"key\":\"");
+        line.extend_from_slice(hex::encode(&key).as_bytes());
+        line.extend_from_slice(b"\",\"value\":");
+        line.extend_from_slice(&value);
+        line.extend_from_slice(b"}\n");
         self.tree(tree).insert(key, value)?;
         let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
-        serde_json::to_writer(&mut journal.pending, &entry).expect("journal entries serialize");
-        journal.pending.push(b'\n');
+        journal.pending.extend_from_slice(&line);
         Ok(())
     }
 

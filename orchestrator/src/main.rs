@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One thread drives L1, L2 and L3: the work between two subprocesses is short, and
+    // hand-offs between runtime threads cost more than they bring (bench/noop.sh). Blocking
+    // work (copying and hashing artifacts) goes to tokio's blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime\ncaused by: {e}");

@@ -32,12 +32,12 @@ impl Progress {
         Self { log, tty, json, quiet, start: Instant::now(), total, done: 0, failed: 0, running: 0 }
     }
 
-    /// Prints (unless quiet) and records a line.
+    /// Prints a line and records it in the run log, unless quiet hides it.
     pub fn line(&mut self, level: Level, text: &str) {
-        self.log.console(level, text);
         if self.quiet && level > Level::WARN {
             return;
         }
+        self.log.console(level, text);
         let secs = self.start.elapsed().as_secs_f64();
         let mut err = std::io::stderr().lock();
         if self.json {

@@ -363,7 +363,7 @@ pub struct ConfigFile {
     /// Directory in which each run gets its own directory.
     #[serde(serialize_with = "lossy_path")]
     pub runs_dir: PathBuf,
-    /// Worker slots in embedded mode; also the default of `limits.max_parallel`. At least 1.
+    /// Worker slots in embedded mode: how many attempts run at once. At least 1.
     pub workers: u32,
     /// Worker pool the tasks are queued for: letters, digits, `_` and `-`.
     pub pool: String,
@@ -385,7 +385,8 @@ pub struct LimitsFile {
     pub kill_grace: HumanDuration,
     /// Task timeout when neither the task nor the scenario's `defaults` set one.
     pub default_timeout: HumanDuration,
-    /// Cap on attempts in flight at once; unset means `workers`.
+    /// Cap on attempts in flight at once (queued for a worker or running); unset means
+    /// `2 × workers`, so that a worker never waits for the coordinator between two tasks.
     pub max_parallel: Option<u32>,
 }
 
@@ -473,11 +474,11 @@ impl Default for LimitsFile {
 }
 
 impl ConfigFile {
-    /// The options of one run: `max_parallel` is `limits.max_parallel`, else `workers`;
+    /// The options of one run: `max_parallel` is `limits.max_parallel`, else `2 × workers`;
     /// `dry_run` is false.
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
-            max_parallel: self.limits.max_parallel.unwrap_or(self.workers),
+            max_parallel: self.limits.max_parallel.unwrap_or(self.workers.saturating_mul(2)),
             pool: self.pool.clone(),
             dry_run: false,
             output_cap_bytes: self.limits.output_cap.0,
@@ -1563,7 +1564,7 @@ tasks:
         let check =
             |text: &str, want: RunOptions| assert_eq!(config(text).run_options(), want, "{text}");
         let default = RunOptions {
-            max_parallel: 2,
+            max_parallel: 4,
             pool: "default".into(),
             dry_run: false,
             output_cap_bytes: 1 << 20,
@@ -1571,7 +1572,7 @@ tasks:
             max_tasks: 1000,
         };
         check("{}", default.clone());
-        check("workers: 5", RunOptions { max_parallel: 5, ..default.clone() });
+        check("workers: 5", RunOptions { max_parallel: 10, ..default.clone() });
         check(
             "workers: 5\nlimits: { max_parallel: 3 }",
             RunOptions { max_parallel: 3, ..default.clone() },
