@@ -131,7 +131,7 @@ impl Store {
 
     /// Re-applies a journal left behind by a crash, then makes it durable in sled.
     fn replay(&self) -> Result<(), StoreError> {
-        let mut journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+        let journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
         let io = |source| StoreError::Journal { path: journal.path.clone(), source };
         let file = File::open(&journal.path).map_err(io)?;
         let mut replayed = 0usize;
