@@ -1,4 +1,5 @@
 //! The real `orchestra` binary, end to end: exit codes, stdout/stderr, and the run directory.
+#![allow(clippy::disallowed_methods)] // tests run the real binary and tools such as sha256sum
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,7 @@
 //! orchestra-worker --release --test throughput -- --ignored --nocapture --test-threads=1`.
 //! Directory creation dominates the worker's own cost on some filesystems (ext4 without a
 //! journal scans recently deleted inodes), so results depend on recent deletions.
+#![allow(clippy::disallowed_methods)] // the baseline (xargs) is spawned directly
 
 use bytes::Bytes;
 use orchestra_bus::{Bus, MemBus, QueueConfig};
