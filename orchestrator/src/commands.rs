@@ -147,7 +147,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
                 print_plan(&plan, &order);
                 println!("plan checked: {} tasks, nothing was run", plan.tasks.len());
                 println!("run directory: {}", run_dir.display());
-                log.console(Level::INFO, "plan checked");
+                log.console(Level::INFO, "plan checked", None);
                 return Ok(exit::SUCCESS);
             }
             let total = plan.tasks.len() as u32;
@@ -324,8 +324,8 @@ async fn finish(
     let summary = report::summarize(&record, &tasks, Timestamp::now());
     report::write_all(run_dir, &summary).context("cannot write the run's summary and report")?;
     let headline = report::headline(&summary);
-    log.console(Level::INFO, &headline);
-    log.console(Level::INFO, &format!("run directory: {}", run_dir.display()));
+    log.console(Level::INFO, &headline, None);
+    log.console(Level::INFO, &format!("run directory: {}", run_dir.display()), None);
     log.close();
     if json {
         use std::io::Write;

@@ -55,25 +55,18 @@ impl RunLog {
         let _ = sink.file.write_all(&line);
     }
 
-    /// Records a line that L1 printed for the user.
-    pub fn console(&self, level: Level, line: &str) {
+    /// Records a line that L1 printed for the user; lines about a task carry its id and attempt.
+    pub fn console(&self, level: Level, line: &str, task: Option<(&orchestra_proto::TaskId, u32)>) {
         let mut obj = Map::new();
+        if let Some((task, attempt)) = task {
+            obj.insert("task_id".into(), task.as_str().into());
+            obj.insert("attempt".into(), attempt.into());
+        }
         obj.insert("ts".into(), now_value());
         obj.insert("level".into(), level_value(level));
         obj.insert("layer".into(), "L1".into());
         obj.insert("console".into(), true.into());
         obj.insert("msg".into(), line.into());
-        self.write(obj);
-    }
-
-    /// Records a structured line from L1 (for example a task event it received).
-    pub fn record(&self, level: Level, msg: &str, fields: Map<String, Value>) {
-        let mut obj = Map::new();
-        obj.insert("ts".into(), now_value());
-        obj.insert("level".into(), level_value(level));
-        obj.insert("layer".into(), "L1".into());
-        obj.insert("msg".into(), msg.into());
-        obj.extend(fields);
         self.write(obj);
     }
 }

@@ -34,10 +34,19 @@ impl Progress {
 
     /// Prints a line and records it in the run log, unless quiet hides it.
     pub fn line(&mut self, level: Level, text: &str) {
+        self.emit(level, text, None);
+    }
+
+    /// A line about one attempt of a task (attempt 0: the task never ran).
+    fn task_line(&mut self, level: Level, text: &str, task: &TaskId, attempt: u32) {
+        self.emit(level, text, Some((task, attempt)));
+    }
+
+    fn emit(&mut self, level: Level, text: &str, task: Option<(&TaskId, u32)>) {
         if self.quiet && level > Level::WARN {
             return;
         }
-        self.log.console(level, text);
+        self.log.console(level, text, task);
         let secs = self.start.elapsed().as_secs_f64();
         let mut err = std::io::stderr().lock();
         if self.json {
@@ -76,7 +85,8 @@ impl Progress {
             TaskEvent::Started { argv, .. } => {
                 self.running += 1;
                 let verb = if dry_run { "would run" } else { "started  " };
-                self.line(Level::INFO, &format!("{verb} {task}#{attempt}: {}", argv.join(" ")));
+                let text = format!("{verb} {task}#{attempt}: {}", argv.join(" "));
+                self.task_line(Level::INFO, &text, task, attempt);
             }
             TaskEvent::OutputCapped { stream, limit_bytes } => self.line(
                 Level::WARN,
@@ -95,24 +105,32 @@ impl Progress {
             RunEvent::TaskDispatched { .. } => {}
             RunEvent::TaskSucceeded { task_id, attempt } => {
                 self.done += 1;
-                self.line(Level::INFO, &format!("succeeded {task_id}#{attempt}"));
+                self.task_line(
+                    Level::INFO,
+                    &format!("succeeded {task_id}#{attempt}"),
+                    task_id,
+                    *attempt,
+                );
             }
-            RunEvent::TaskRetrying { task_id, attempt, delay_ms, failure } => self.line(
+            RunEvent::TaskRetrying { task_id, attempt, delay_ms, failure } => self.task_line(
                 Level::WARN,
                 &format!("retrying  {task_id}#{attempt} in {delay_ms}ms: {failure}"),
+                task_id,
+                *attempt,
             ),
             RunEvent::TaskFailed { task_id, attempt, failure } => {
                 self.done += 1;
                 self.failed += 1;
-                self.line(Level::ERROR, &format!("failed    {task_id}#{attempt}: {failure}"));
+                let text = format!("failed    {task_id}#{attempt}: {failure}");
+                self.task_line(Level::ERROR, &text, task_id, *attempt);
             }
             RunEvent::TaskSkipped { task_id, reason } => {
                 self.done += 1;
-                self.line(Level::WARN, &format!("skipped   {task_id}: {reason}"));
+                self.task_line(Level::WARN, &format!("skipped   {task_id}: {reason}"), task_id, 0);
             }
             RunEvent::TaskCancelled { task_id } => {
                 self.done += 1;
-                self.line(Level::WARN, &format!("cancelled {task_id}"));
+                self.task_line(Level::WARN, &format!("cancelled {task_id}"), task_id, 0);
             }
             RunEvent::Cancelling { reason } => {
                 self.line(Level::WARN, &format!("cancelling the run: {reason}"));

@@ -147,6 +147,11 @@ fn hello_end_to_end() {
         assert!(layers.contains(l), "no {l} line in logs.jsonl: {layers:?}");
     }
     assert!(logs.contains("\"console\":true"), "console lines are logged too");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"console\":true") && l.contains("\"task_id\":\"combine\"")),
+        "console lines about a task carry its id"
+    );
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("| `combine` | succeeded | 1 |"), "{report}");
     assert!(report.contains(&sha256sum(&artifact)), "{report}");
