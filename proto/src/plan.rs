@@ -38,6 +38,40 @@ pub struct TaskSpec {
     pub outputs: Vec<String>,
 }
 
+impl TaskSpec {
+    /// An `exec` task with no dependencies, no declared environment or outputs, a 10 minute
+    /// timeout and no retries: a starting point for plans built in code (and tests).
+    pub fn exec(id: TaskId, program: impl Into<String>, args: &[&str]) -> Self {
+        Self {
+            id,
+            description: None,
+            tool: Tool::Exec(ExecSpec {
+                program: program.into(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+            }),
+            depends_on: Vec::new(),
+            env: BTreeMap::new(),
+            timeout_ms: 600_000,
+            retry: RetryPolicy::default(),
+            outputs: Vec::new(),
+        }
+    }
+}
+
+impl Dispatch {
+    /// Attempt 1 of a task, with a 1 MiB output cap and a 1 s kill grace.
+    pub fn first(task: TaskSpec) -> Self {
+        Self {
+            task,
+            attempt: 1,
+            inputs: Vec::new(),
+            output_cap_bytes: 1 << 20,
+            kill_grace_ms: 1_000,
+            dry_run: false,
+        }
+    }
+}
+
 /// The tool a task runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]

@@ -4,24 +4,15 @@ use bytes::Bytes;
 use orchestra::local::{LocalCluster, LocalOptions};
 use orchestra_proto::plan::{Plan, RunOptions};
 use orchestra_proto::{
-    Ctx, ExecSpec, RetryPolicy, RunEvent, RunId, RunReply, RunRequest, RunStatus, TaskId, TaskSpec,
-    TaskStatus, Timestamp, Tool, TraceId, codec, subjects,
+    Ctx, RunEvent, RunId, RunReply, RunRequest, RunStatus, TaskId, TaskSpec, TaskStatus, Timestamp,
+    TraceId, codec, subjects,
 };
 use std::time::Duration;
 
 fn task(id: &str, deps: &[&str], program: &str, args: &[&str]) -> TaskSpec {
     TaskSpec {
-        id: TaskId::new_unchecked(id),
-        description: None,
-        tool: Tool::Exec(ExecSpec {
-            program: program.into(),
-            args: args.iter().map(|s| s.to_string()).collect(),
-        }),
         depends_on: deps.iter().map(|d| TaskId::new_unchecked(*d)).collect(),
-        env: Default::default(),
-        timeout_ms: 10_000,
-        retry: RetryPolicy::default(),
-        outputs: vec![],
+        ..TaskSpec::exec(TaskId::new_unchecked(id), program, args)
     }
 }
 

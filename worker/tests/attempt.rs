@@ -5,8 +5,8 @@ use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use orchestra_proto::{
-    AttemptResult, Dispatch, ExecSpec, FailureKind, InputRef, Outcome, RetryPolicy, RunId, SpanId,
-    Stream, TaskEvent, TaskId, TaskSpec, Tool, TraceId,
+    AttemptResult, Dispatch, FailureKind, InputRef, Outcome, RunId, SpanId, Stream, TaskEvent,
+    TaskId, TaskSpec, TraceId,
 };
 use orchestra_worker::{AttemptContext, run_attempt};
 use sha2::{Digest, Sha256};
@@ -22,26 +22,9 @@ fn sh(script: &str) -> Dispatch {
 }
 
 fn exec(program: &str, args: &[&str]) -> Dispatch {
-    Dispatch {
-        task: TaskSpec {
-            id: TaskId::new_unchecked(TASK),
-            description: None,
-            tool: Tool::Exec(ExecSpec {
-                program: program.to_owned(),
-                args: args.iter().map(|a| (*a).to_owned()).collect(),
-            }),
-            depends_on: Vec::new(),
-            env: BTreeMap::new(),
-            timeout_ms: 10_000,
-            retry: RetryPolicy::default(),
-            outputs: Vec::new(),
-        },
-        attempt: 1,
-        inputs: Vec::new(),
-        output_cap_bytes: 1 << 20,
-        kill_grace_ms: 2_000,
-        dry_run: false,
-    }
+    let mut task = TaskSpec::exec(TaskId::new_unchecked(TASK), program, args);
+    task.timeout_ms = 10_000;
+    Dispatch { kill_grace_ms: 2_000, ..Dispatch::first(task) }
 }
 
 struct Run {

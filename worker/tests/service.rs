@@ -3,11 +3,11 @@
 use bytes::Bytes;
 use orchestra_bus::{Bus, MemBus, QueueConfig, Subscription, WorkQueue};
 use orchestra_proto::{
-    Control, Ctx, Dispatch, Envelope, ExecSpec, FailureKind, Outcome, RetryPolicy, RunId,
-    TaskEvent, TaskId, TaskSpec, Timestamp, Tool, TraceId, codec, subjects,
+    Control, Ctx, Dispatch, Envelope, FailureKind, Outcome, RunId, TaskEvent, TaskId, TaskSpec,
+    Timestamp, TraceId, codec, subjects,
 };
 use orchestra_worker::{WorkerConfig, WorkerError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -27,26 +27,9 @@ struct Cluster {
 }
 
 fn sh(task: &str, script: &str) -> Dispatch {
-    Dispatch {
-        task: TaskSpec {
-            id: TaskId::new_unchecked(task),
-            description: None,
-            tool: Tool::Exec(ExecSpec {
-                program: "sh".into(),
-                args: vec!["-c".into(), script.into()],
-            }),
-            depends_on: Vec::new(),
-            env: BTreeMap::new(),
-            timeout_ms: 10_000,
-            retry: RetryPolicy::default(),
-            outputs: Vec::new(),
-        },
-        attempt: 1,
-        inputs: Vec::new(),
-        output_cap_bytes: 1 << 20,
-        kill_grace_ms: 1_000,
-        dry_run: false,
-    }
+    let mut task = TaskSpec::exec(TaskId::new_unchecked(task), "sh", &["-c", script]);
+    task.timeout_ms = 10_000;
+    Dispatch::first(task)
 }
 
 impl Cluster {

@@ -8,12 +8,11 @@
 use bytes::Bytes;
 use orchestra_bus::{Bus, MemBus, QueueConfig};
 use orchestra_proto::{
-    Ctx, Dispatch, Envelope, ExecSpec, Outcome, RetryPolicy, RunId, SpanId, TaskEvent, TaskId,
-    TaskSpec, Timestamp, Tool, TraceId, codec, subjects,
+    Ctx, Dispatch, Envelope, Outcome, RunId, SpanId, TaskEvent, TaskId, TaskSpec, Timestamp,
+    TraceId, codec, subjects,
 };
 use orchestra_worker::WorkerConfig;
 use orchestra_worker::{AttemptContext, run_attempt};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -21,23 +20,7 @@ use tokio_util::sync::CancellationToken;
 const N: usize = 1000;
 
 fn dispatch(i: usize) -> Dispatch {
-    Dispatch {
-        task: TaskSpec {
-            id: TaskId::new_unchecked(format!("t{i}")),
-            description: None,
-            tool: Tool::Exec(ExecSpec { program: "/bin/true".into(), args: Vec::new() }),
-            depends_on: Vec::new(),
-            env: BTreeMap::new(),
-            timeout_ms: 10_000,
-            retry: RetryPolicy::default(),
-            outputs: Vec::new(),
-        },
-        attempt: 1,
-        inputs: Vec::new(),
-        output_cap_bytes: 1 << 20,
-        kill_grace_ms: 1_000,
-        dry_run: false,
-    }
+    Dispatch::first(TaskSpec::exec(TaskId::new_unchecked(format!("t{i}")), "/bin/true", &[]))
 }
 
 fn xargs() -> Duration {
