@@ -37,28 +37,33 @@ trap 'rm -rf "$work"' EXIT
 } >"$work/chain.yaml"
 
 now() { date +%s.%N; }
-# Runs a command REPEATS times and prints the median wall time in seconds.
-measure() {
-  local times=()
-  for _ in $(seq 1 "$REPEATS"); do
-    local t0 t1
-    t0=$(now)
-    "$@" >/dev/null 2>&1
-    t1=$(now)
-    times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')")
-  done
-  printf '%s\n' "${times[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'
+# Wall time of one command, in seconds.
+timed() {
+  local t0 t1
+  t0=$(now)
+  "$@" >/dev/null 2>&1
+  t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f\n", b - a }'
 }
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 orchestra_run() { "$BIN" run "$1" --workers "$P" --runs-dir "$work/runs" --quiet; }
 xargs_wide() { seq 1 "$N" | xargs -P "$P" -n1 /bin/true; }
-loop_chain() { for _ in $(seq 1 "$N"); do /bin/true; done; }
-export -f loop_chain
+loop_chain() { bash -c "for _ in \$(seq 1 $N); do /bin/true; done"; }
 
-wide_o=$(measure orchestra_run "$work/wide.yaml")
-wide_x=$(measure xargs_wide)
-chain_o=$(measure orchestra_run "$work/chain.yaml")
-chain_l=$(measure bash -c "N=$N; $(declare -f loop_chain); loop_chain")
+# Interleaved (orchestra, baseline, orchestra, baseline, ...) so that drifting machine noise
+# hits both sides alike; the median of each side is compared.
+: >"$work/wide_o"; : >"$work/wide_x"; : >"$work/chain_o"; : >"$work/chain_l"
+for _ in $(seq 1 "$REPEATS"); do
+  timed orchestra_run "$work/wide.yaml" >>"$work/wide_o"
+  timed xargs_wide >>"$work/wide_x"
+  timed orchestra_run "$work/chain.yaml" >>"$work/chain_o"
+  timed loop_chain >>"$work/chain_l"
+done
+wide_o=$(median <"$work/wide_o")
+wide_x=$(median <"$work/wide_x")
+chain_o=$(median <"$work/chain_o")
+chain_l=$(median <"$work/chain_l")
 
 # The runs really happened and succeeded: every summary says so.
 ok=$(grep -l '"status": "succeeded"' "$work"/runs/*/summary.json | wc -l)

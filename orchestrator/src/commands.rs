@@ -123,7 +123,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let cluster = start_cluster(&cfg, &run_dir).await?;
     let bus = cluster.bus();
     let ctx = Ctx::run(run_id.clone(), trace_id.clone());
-    let events = bus.subscribe(&subjects::run_all(&run_id)).await?;
+    let events = bus.subscribe(&follow_subject(cli, &run_id)).await?;
     let request = RunRequest::Start {
         plan: plan.clone(),
         options: options.clone(),
@@ -150,6 +150,7 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
                 log.console(Level::INFO, "plan checked", None);
                 return Ok(exit::SUCCESS);
             }
+            prepare_workspaces(&run_dir, &plan);
             let total = plan.tasks.len() as u32;
             let progress = Progress::new(log.clone(), total, cli.quiet, cfg.logging.format);
             follow(
@@ -198,7 +199,7 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
         .context("cannot open logs.jsonl")?;
     let ctx = Ctx::run(run_id.clone(), record.trace_id.clone());
     let bus = cluster.bus();
-    let events = bus.subscribe(&subjects::run_all(&run_id)).await?;
+    let events = bus.subscribe(&follow_subject(cli, &run_id)).await?;
     match submit(&bus, &ctx, RunRequest::Resume {}).await? {
         RunReply::Resumed { status: RunStatus::Running, tasks } => {
             let done = tasks.values().filter(|s| s.is_terminal()).count();
@@ -233,6 +234,27 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
             anyhow::bail!("the coordinator answered a resume with a start")
         }
     }
+}
+
+/// What L1 follows: every event of the run, or with `--quiet` only the run events (task
+/// events feed progress lines that quiet does not print; failures arrive as run events).
+fn follow_subject(cli: &Cli, run: &RunId) -> String {
+    if cli.quiet { subjects::run_events(run) } else { subjects::run_all(run) }
+}
+
+/// Creates `work/<task>/` for every task, off the path from one task to the next: creating
+/// directories is the slowest step of starting a short task on some filesystems, and the
+/// worker then finds its workspace ready (it still creates one that is missing).
+fn prepare_workspaces(run_dir: &Path, plan: &orchestra_proto::Plan) {
+    let dirs: Vec<PathBuf> =
+        plan.tasks.iter().map(|t| run_dir.join(layout::workspace(&t.id))).collect();
+    tokio::task::spawn_blocking(move || {
+        for dir in dirs {
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::debug!(dir = %dir.display(), error = %e, "cannot prepare a workspace");
+            }
+        }
+    });
 }
 
 async fn start_cluster(cfg: &ConfigFile, run_dir: &Path) -> anyhow::Result<LocalCluster> {
@@ -293,6 +315,9 @@ async fn follow(
                 None => anyhow::bail!("the bus closed before the run finished"),
             },
         };
+        // Let L2 and L3, woken by the same publish, go first: progress and logs are not on
+        // the path from one task's end to the next task's start.
+        tokio::task::yield_now().await;
         if msg.subject == events_subject {
             let env = codec::decode::<RunEvent>(&msg.payload).context("invalid run event")?;
             progress.run_event(&env.body);

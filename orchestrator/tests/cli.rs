@@ -542,3 +542,21 @@ fn config_init_validate_schema() {
     let run = orchestra(tmp.path(), &["run", examples().join("hello.yaml").to_str().unwrap()]);
     assert_eq!(run.code(), 0, "{}", run.stderr());
 }
+
+#[test]
+fn quiet_prints_only_the_outcome_and_still_reports_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run =
+        orchestra(tmp.path(), &["-q", "run", examples().join("hello.yaml").to_str().unwrap()]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stderr().is_empty(), "quiet run printed progress:\n{}", run.stderr());
+    assert!(run.stdout().starts_with("run succeeded: 5/5"));
+    let f = write(
+        tmp.path(),
+        "bad.yaml",
+        "name: bad\ntasks:\n  - { id: bad, exec: { program: 'false' } }\n",
+    );
+    let run = orchestra(tmp.path(), &["-q", "run", f.to_str().unwrap()]);
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr().contains("failed    bad#1: exit_code"), "{}", run.stderr());
+}

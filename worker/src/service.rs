@@ -368,23 +368,28 @@ async fn run_dispatch(
             failure.message = format!("run cancelled: {reason}");
         }
     }
-    match &result.outcome {
-        Outcome::Failed { failure } => info!(
-            outcome = "failed",
-            failure_kind = %failure.kind,
-            duration_ms = result.duration_ms(),
-            error = %failure,
-            "attempt finished"
-        ),
-        Outcome::Succeeded {} | Outcome::DryRun {} => info!(
-            outcome =
-                if matches!(result.outcome, Outcome::DryRun {}) { "dry_run" } else { "succeeded" },
-            duration_ms = result.duration_ms(),
-            artifacts = result.artifacts.len(),
-            "attempt finished"
-        ),
+    // Published first, logged after: the coordinator is waiting for this result.
+    let (outcome, failure, duration_ms, artifacts) = (
+        match &result.outcome {
+            Outcome::Succeeded {} => "succeeded",
+            Outcome::DryRun {} => "dry_run",
+            Outcome::Failed { .. } => "failed",
+        },
+        match &result.outcome {
+            Outcome::Failed { failure } => Some(failure.clone()),
+            _ => None,
+        },
+        result.duration_ms(),
+        result.artifacts.len(),
+    );
+    let published = publish(TaskEvent::Finished(Box::new(result))).await;
+    match failure {
+        Some(f) => {
+            info!(outcome, failure_kind = %f.kind, duration_ms, error = %f, "attempt finished")
+        }
+        None => info!(outcome, duration_ms, artifacts, "attempt finished"),
     }
-    if publish(TaskEvent::Finished(Box::new(result))).await {
+    if published {
         if let Err(e) = delivery.acker.ack().await {
             warn!(error = %e, "failed to ack the delivery");
         }
