@@ -577,3 +577,17 @@ fn fnv1a(s: &str) -> u64 {
 
 #[cfg(test)]
 mod tests;
+
+/// Reopens a cancelled run's tasks before [`Scheduler::restore`]: cancelled and skipped tasks
+/// become `Pending` again (their attempts are kept, so new attempts get new numbers).
+/// Tasks behind a task that failed for good are skipped again at `Start`; succeeded and failed
+/// tasks are not touched.
+pub fn reopen_cancelled(tasks: &mut [TaskRecord]) {
+    for t in tasks {
+        if matches!(t.status, TaskStatus::Cancelled | TaskStatus::Skipped) {
+            t.status = TaskStatus::Pending;
+            t.reason = None;
+            t.retry_at = None;
+        }
+    }
+}

@@ -6,7 +6,7 @@
 //! events published.
 
 use crate::plan::{self, PlanLimits};
-use crate::sched::{Effect, Input, Scheduler};
+use crate::sched::{self, Effect, Input, Scheduler};
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use orchestra_bus::{Bus, BusError, Message, WorkQueue};
@@ -188,7 +188,18 @@ impl Coordinator {
                         }],
                     });
                 };
-                let tasks = self.store.tasks(&ctx.run_id)?;
+                let mut record = record;
+                let mut tasks = self.store.tasks(&ctx.run_id)?;
+                if record.status == RunStatus::Cancelled {
+                    // A cancelled run is continued: what was cancelled or skipped runs again.
+                    sched::reopen_cancelled(&mut tasks);
+                    record.status = RunStatus::Running;
+                    record.finished_at = None;
+                    self.store.put_tasks(&ctx.run_id, &tasks)?;
+                    self.store.put_run(&record)?;
+                    self.store.commit()?;
+                    info!(run_id = %ctx.run_id, "cancelled run reopened");
+                }
                 let statuses = tasks.iter().map(|t| (t.task_id.clone(), t.status)).collect();
                 if record.status != RunStatus::Running {
                     return Ok(RunReply::Resumed { status: record.status, tasks: statuses });

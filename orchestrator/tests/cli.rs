@@ -372,7 +372,7 @@ fn ctrl_c_cancels_cleanly() {
     let scenario = write(
         tmp.path(),
         "sleepy.yaml",
-        "name: sleepy\ntasks:\n  - { id: nap, exec: { program: sh, args: [-c, 'echo $$ > pid; exec sleep 30'] } }\n  - { id: after, depends_on: [nap], exec: { program: 'true' } }\n",
+        "name: sleepy\ntasks:\n  - { id: nap, exec: { program: sh, args: [-c, 'echo $$ > pid; if [ $ORCHESTRA_ATTEMPT = 1 ]; then exec sleep 30; fi'] } }\n  - { id: after, depends_on: [nap], exec: { program: 'true' } }\n",
     );
     let child = bin()
         .current_dir(tmp.path())
@@ -402,6 +402,15 @@ fn ctrl_c_cancels_cleanly() {
     assert_eq!(s["status"], "cancelled");
     assert_eq!(task(&s, "nap")["status"], "cancelled");
     assert_eq!(task(&s, "after")["status"], "cancelled");
+
+    // a cancelled run can be continued: what was cancelled runs again, as a new attempt
+    let resumed = orchestra(tmp.path(), &["resume", dir.to_str().unwrap()]);
+    assert_eq!(resumed.code(), 0, "{}\n{}", resumed.stdout(), resumed.stderr());
+    let s = resumed.summary();
+    assert_eq!(s["status"], "succeeded");
+    assert_eq!(task(&s, "nap")["attempts"].as_array().unwrap().len(), 2);
+    assert_eq!(task(&s, "nap")["attempts"][0]["failure"]["kind"], "cancelled");
+    assert_eq!(task(&s, "after")["status"], "succeeded");
 }
 
 fn assert_usage_error(run: &Run, needles: &[&str]) {

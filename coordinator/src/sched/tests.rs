@@ -1019,3 +1019,27 @@ fn a_failure_deep_in_a_long_chain_skips_the_rest_once() {
         }
     );
 }
+
+#[test]
+fn a_reopened_cancelled_run_runs_what_was_cancelled_and_skips_behind_failures() {
+    use orchestra_proto::{TaskId, TaskRecord, TaskStatus};
+    let rec = |id: &str, status: TaskStatus| {
+        let mut r = TaskRecord::new(TaskId::new_unchecked(id));
+        r.status = status;
+        r.reason = Some("x".into());
+        r
+    };
+    let mut tasks = vec![
+        rec("ok", TaskStatus::Succeeded),
+        rec("bad", TaskStatus::Failed),
+        rec("cut", TaskStatus::Cancelled),
+        rec("after", TaskStatus::Skipped),
+    ];
+    super::reopen_cancelled(&mut tasks);
+    let statuses: Vec<_> = tasks.iter().map(|t| t.status).collect();
+    assert_eq!(
+        statuses,
+        [TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Pending, TaskStatus::Pending]
+    );
+    assert!(tasks[2].reason.is_none() && tasks[0].reason.is_some());
+}
