@@ -135,7 +135,8 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             cluster.shutdown().await;
             log.close();
             let _ = std::fs::remove_dir_all(&run_dir);
-            eprint!("{}", render_problems(&args.file, &problems));
+            let text = std::fs::read_to_string(&args.file).ok();
+            eprint!("{}", render_problems(&args.file, text.as_deref(), &problems));
             Ok(exit::USAGE)
         }
         RunReply::Accepted { order, .. } => {
@@ -227,7 +228,7 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
         }
         RunReply::Rejected { problems } => {
             cluster.shutdown().await;
-            eprint!("{}", render_problems(&run_dir.join(layout::PLAN), &problems));
+            eprint!("{}", render_problems(&run_dir.join(layout::PLAN), None, &problems));
             Ok(exit::USAGE)
         }
         RunReply::Accepted { .. } => {
@@ -400,8 +401,9 @@ fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
     }
 }
 
-/// Renders plan problems in the house format.
-pub fn render_problems(file: &Path, problems: &[PlanProblem]) -> String {
+/// Renders plan problems in the house format; with the file's text, each names its line and
+/// column too.
+pub fn render_problems(file: &Path, text: Option<&str>, problems: &[PlanProblem]) -> String {
     let mut out = format!(
         "error: invalid plan in `{}`: {} problem{}\n",
         file.display(),
@@ -411,6 +413,9 @@ pub fn render_problems(file: &Path, problems: &[PlanProblem]) -> String {
     for p in problems {
         let at = if p.path.is_empty() { String::new() } else { format!("{}: ", p.path) };
         out.push_str(&format!("  - {at}{}\n", p.message));
+        if let Some((line, col)) = text.and_then(|t| settings::locate_path(t, &p.path)) {
+            out.push_str(&format!("    --> {}:{line}:{col}\n", file.display()));
+        }
         if let Some(h) = &p.hint {
             out.push_str(&format!("    hint: {h}\n"));
         }

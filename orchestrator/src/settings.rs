@@ -608,9 +608,21 @@ fn lossy_path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
 }
 
 fn read(kind: Kind, path: &Path) -> Result<String, Diagnostic> {
-    std::fs::read_to_string(path).map_err(|err| Diagnostic {
-        file: Some(path.to_path_buf()),
-        ..Diagnostic::new(format!("failed to read {}", kind.noun()), err.to_string())
+    std::fs::read_to_string(path).map_err(|err| {
+        let hint = match err.kind() {
+            std::io::ErrorKind::NotFound => {
+                Some("check the path; it is relative to the current directory".to_owned())
+            }
+            std::io::ErrorKind::IsADirectory => {
+                Some("pass a YAML file, not a directory".to_owned())
+            }
+            _ => None,
+        };
+        Diagnostic {
+            file: Some(path.to_path_buf()),
+            hint,
+            ..Diagnostic::new(format!("failed to read {}", kind.noun()), err.to_string())
+        }
     })
 }
 
@@ -800,6 +812,28 @@ impl Problem {
         self.hint = Some(hint.into());
         self
     }
+}
+
+/// The 1-based (line, column) of a field path such as `tasks[3].depends_on[0]` in a YAML
+/// text, for messages about a file that was already parsed (plan problems found by L2).
+pub fn locate_path(text: &str, path: &str) -> Option<(usize, usize)> {
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let (key, rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            segs.push(Seg::Key(key.to_owned()));
+        }
+        for index in rest.split('[') {
+            let index = index.trim_end_matches(']');
+            if !index.is_empty() {
+                segs.push(Seg::Index(index.parse().ok()?));
+            }
+        }
+    }
+    if segs.is_empty() {
+        return None;
+    }
+    locate(text, &segs, false)
 }
 
 /// The 1-based (line, column) of the node at `path` in `text` (of its key if `at_key`).
@@ -1712,6 +1746,15 @@ tasks:
         assert_eq!(percent("-1%"), None);
         assert_eq!(percent("1.5"), None);
         assert_eq!(HumanDuration::from_millis(1500).to_string(), "1s 500ms");
+    }
+
+    #[test]
+    fn locates_field_paths_given_as_text() {
+        let text = "name: x\ntasks:\n  - id: a\n    exec: { program: p }\n  - id: b\n    depends_on: [a, zz]\n    exec: { program: p }\n";
+        assert_eq!(locate_path(text, "tasks[1].depends_on[1]"), Some((6, 21)));
+        assert_eq!(locate_path(text, "tasks[0].id"), Some((3, 9)));
+        assert_eq!(locate_path(text, ""), None);
+        assert_eq!(locate_path(text, "tasks[x]"), None);
     }
 
     #[test]

@@ -480,7 +480,7 @@ fn unknown_dependency_is_reported_with_its_path() {
         "name: dep\ntasks:\n  - { id: build, exec: { program: 'true' } }\n  - { id: test, depends_on: [biuld], exec: { program: 'true' } }\n",
     );
     let run = orchestra(tmp.path(), &["run", f.to_str().unwrap()]);
-    assert_usage_error(&run, &["tasks[1].depends_on[0]", "biuld", "build"]);
+    assert_usage_error(&run, &["tasks[1].depends_on[0]", "biuld", "build", "dep.yaml:4:"]);
 }
 
 #[test]
