@@ -85,7 +85,7 @@ impl Progress {
             TaskEvent::Started { argv, .. } => {
                 self.running += 1;
                 let verb = if dry_run { "would run" } else { "started  " };
-                let text = format!("{verb} {task}#{attempt}: {}", argv.join(" "));
+                let text = format!("{verb} {task}#{attempt}: {}", one_line_argv(argv, 80));
                 self.task_line(Level::INFO, &text, task, attempt);
             }
             TaskEvent::OutputCapped { stream, limit_bytes } => self.line(
@@ -137,5 +137,48 @@ impl Progress {
             }
             RunEvent::Finished(_) => {}
         }
+    }
+}
+
+/// An argv as one readable line: arguments with spaces or quotes single-quoted, newlines shown
+/// as `\n`, cut at `max` characters with `…`.
+pub fn one_line_argv(argv: &[String], max: usize) -> String {
+    let quoted: Vec<String> = argv
+        .iter()
+        .map(|a| {
+            let a = a.replace('\n', "\\n");
+            if a.is_empty()
+                || a.contains(|c: char| c.is_whitespace() || "'\"$`\\;&|<>(){}*?".contains(c))
+            {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            } else {
+                a
+            }
+        })
+        .collect();
+    let line = quoted.join(" ");
+    if line.chars().count() <= max {
+        return line;
+    }
+    let mut cut: String = line.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line_argv;
+
+    #[test]
+    fn argv_on_one_line() {
+        let check = |argv: &[&str], max: usize, want: &str| {
+            let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+            assert_eq!(one_line_argv(&argv, max), want);
+        };
+        check(&["make", "-j2"], 100, "make -j2");
+        check(&["sh", "-c", "echo hi\nexit 3"], 100, r"sh -c 'echo hi\nexit 3'");
+        check(&["echo", "it's"], 100, r"echo 'it'\''s'");
+        check(&["echo", ""], 100, "echo ''");
+        check(&["abcdef", "ghij"], 6, "abcde…");
     }
 }

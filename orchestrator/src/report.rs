@@ -155,7 +155,8 @@ pub fn headline(s: &Summary) -> String {
         let _ = write!(line, ", {} unfinished", t.unfinished);
     }
     if t.retries > 0 {
-        let _ = write!(line, " ({} retries)", t.retries);
+        let _ =
+            write!(line, " ({} {})", t.retries, if t.retries == 1 { "retry" } else { "retries" });
     }
     line
 }
