@@ -287,6 +287,89 @@ pub fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestra_proto::plan::{Plan, RunOptions};
+    use orchestra_proto::{AttemptRecord, Failure, RunId, TaskId, TaskSpec, TraceId};
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_millis(1_764_065_277_000 + ms)
+    }
+
+    fn attempt(n: u32, start: u64, end: u64, failure: Option<Failure>) -> AttemptRecord {
+        AttemptRecord {
+            attempt: n,
+            dispatched_at: at(start),
+            worker_id: Some("w-1".into()),
+            started_at: Some(at(start)),
+            finished_at: Some(at(end)),
+            exit_code: Some(failure.as_ref().and_then(|f| f.exit_code).unwrap_or(0)),
+            signal: None,
+            succeeded: failure.is_none(),
+            failure,
+        }
+    }
+
+    /// A fixed run: one task retried then succeeded with an artifact, one failed for good,
+    /// one skipped. Its summary.json and report.md are golden files.
+    #[test]
+    fn golden_summary_and_report() {
+        let id = |s: &str| TaskId::new_unchecked(s);
+        let plan = Plan {
+            name: "golden".into(),
+            goal: None,
+            tasks: vec![
+                TaskSpec::exec(id("build"), "make", &[]),
+                TaskSpec::exec(id("test"), "make", &["test"]),
+                TaskSpec {
+                    depends_on: vec![id("test")],
+                    ..TaskSpec::exec(id("ship"), "true", &[])
+                },
+            ],
+        };
+        let run = RunRecord {
+            run_id: RunId::new_unchecked("20251125T100757Z-a1b2c3"),
+            trace_id: TraceId::new_unchecked("4bf92f3577b34da6a3ce929d0e0e4736"),
+            status: RunStatus::Failed,
+            plan,
+            options: RunOptions {
+                max_parallel: 2,
+                pool: "default".into(),
+                dry_run: false,
+                output_cap_bytes: 1024,
+                kill_grace_ms: 100,
+                max_tasks: 10,
+            },
+            created_at: at(0),
+            finished_at: Some(at(2500)),
+            seed: 1,
+        };
+        let exit = |code| {
+            Failure::new(FailureKind::ExitCode, format!("`make` exited with code {code}"))
+                .with_exit_code(code)
+        };
+        let mut build = TaskRecord::new(id("build"));
+        build.status = TaskStatus::Succeeded;
+        build.attempts = vec![attempt(1, 0, 100, Some(exit(2))), attempt(2, 600, 900, None)];
+        build.artifacts = vec![ArtifactRecord {
+            task: id("build"),
+            path: "app".into(),
+            size: 3,
+            sha256: "ab".repeat(32),
+        }];
+        let mut test = TaskRecord::new(id("test"));
+        test.status = TaskStatus::Failed;
+        test.attempts = vec![attempt(1, 0, 2000, Some(exit(1)))];
+        let mut ship = TaskRecord::new(id("ship"));
+        ship.status = TaskStatus::Skipped;
+        ship.reason = Some("dependency `test` failed".into());
+        let s = summarize(&run, &[ship, test, build], at(9999));
+        assert_eq!(s.totals.retries, 1);
+        assert_eq!(s.failures_by_kind[&FailureKind::ExitCode], 2);
+        insta::assert_json_snapshot!("golden_summary", s);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tasks/test/1")).unwrap();
+        std::fs::write(dir.path().join("tasks/test/1/stderr"), "1 test failed\nline 2\n").unwrap();
+        insta::assert_snapshot!("golden_report", render_markdown(&s, dir.path()));
+    }
 
     #[test]
     fn percentiles_nearest_rank() {
