@@ -250,11 +250,12 @@ pub fn render_markdown(s: &Summary, run_dir: &Path) -> String {
         for task in &s.tasks {
             for a in &task.attempts {
                 let Some(f) = a.failure.as_ref().filter(|f| f.kind == *kind) else { continue };
-                let _ = writeln!(
-                    md,
-                    "- `{}` attempt {}: {} ([stderr]({}))",
-                    task.id, a.attempt, f.message, a.stderr
-                );
+                let link = if run_dir.join(&a.stderr).is_file() {
+                    format!(" ([stderr]({}))", a.stderr)
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(md, "- `{}` attempt {}: {}{link}", task.id, a.attempt, f.message);
                 let lines = first_lines(run_dir, &a.stderr, 5);
                 if !lines.is_empty() {
                     let _ = writeln!(md, "\n  ```text");

@@ -85,7 +85,8 @@ pub struct AttemptSummary {
     pub signal: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<crate::Failure>,
-    /// Relative paths of the attempt's captured output.
+    /// Relative paths of the attempt's captured output (a stream that printed nothing has no
+    /// file).
     pub stdout: String,
     pub stderr: String,
 }
