@@ -22,45 +22,12 @@ const QUIET: Duration = Duration::from_millis(300);
 /// One conformance case.
 pub type Case = fn(Arc<dyn Bus>) -> BoxFuture<'static, ()>;
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        /// Every case, by name.
-        pub const CASES: &[(&str, Case)] = &[$((stringify!($name), |bus| Box::pin($name(bus)))),*];
-    };
-}
-
-cases!(
-    wildcard_star,
-    wildcard_greater,
-    invalid_subjects_rejected,
-    queue_group_once_and_spread,
-    plain_and_queue_group_both_receive,
-    dropped_subscription_stops,
-    request_reply_round_trip,
-    no_responders_distinct_from_timeout,
-    work_queue_ack_removes,
-    work_queue_delivers_in_order,
-    work_queue_nak_redelivers,
-    work_queue_nak_delay,
-    work_queue_progress_prevents_redelivery,
-    work_queue_ack_wait_redelivers,
-    work_queue_backoff,
-    work_queue_term_removes,
-    work_queue_max_deliver_exhausted,
-    work_queue_dedup,
-    work_queue_rejects_foreign_subject,
-    work_queue_max_ack_pending,
-    work_queue_concurrent_consumers,
-);
-
-/// Generates one `#[tokio::test]` per conformance case. The argument is an expression, evaluated
-/// inside each async test, that yields something convertible to `Arc<dyn Bus>`:
-/// `orchestra_bus::conformance_tests!(orchestra_bus::MemBus::new());`
-/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
+/// The one list of cases: calls `$mac!($($pre)* case, case, …)`.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! conformance_tests {
-    ($make_bus:expr) => {
-        $crate::conformance_tests!(@cases $make_bus;
+macro_rules! __with_conformance_cases {
+    ($mac:path; $($pre:tt)*) => {
+        $mac!($($pre)*
             wildcard_star,
             wildcard_greater,
             invalid_subjects_rejected,
@@ -83,6 +50,26 @@ macro_rules! conformance_tests {
             work_queue_max_ack_pending,
             work_queue_concurrent_consumers,
         );
+    };
+}
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        /// Every case, by name.
+        pub const CASES: &[(&str, Case)] = &[$((stringify!($name), |bus| Box::pin($name(bus)))),*];
+    };
+}
+
+__with_conformance_cases!(cases;);
+
+/// Generates one `#[tokio::test]` per conformance case. The argument is an expression, evaluated
+/// inside each async test, that yields something convertible to `Arc<dyn Bus>`:
+/// `orchestra_bus::conformance_tests!(orchestra_bus::MemBus::new());`
+/// The calling crate needs `tokio` (with `macros` and `rt-multi-thread`).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make_bus:expr) => {
+        $crate::__with_conformance_cases!($crate::conformance_tests; @cases $make_bus;);
     };
     (@cases $make_bus:expr; $($case:ident),* $(,)?) => {
         $(
