@@ -187,6 +187,11 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
     apply_overrides(&mut cfg, &args.common)?;
     cfg.runs_dir = run_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let log = logging::init(&console_level(cli, &cfg));
+    // Tasks of a crashed orchestra run on in their own process groups: end them first.
+    let orphans = orchestra_worker::orphans::end_orphans(&run_dir);
+    if orphans > 0 {
+        eprintln!("ended {orphans} process group(s) left running by the interrupted run");
+    }
     let cluster = start_cluster(&cfg, &run_dir).await?;
     let run_id = RunId::parse(run_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
         .map_err(|e| {

@@ -569,3 +569,40 @@ fn quiet_prints_only_the_outcome_and_still_reports_failures() {
     assert_eq!(run.code(), 1);
     assert!(run.stderr().contains("failed    bad#1: exit_code"), "{}", run.stderr());
 }
+
+#[test]
+fn resume_ends_the_process_groups_a_killed_run_left_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let scenario = write(
+        tmp.path(),
+        "orphan.yaml",
+        "name: orphan\ntasks:\n  - { id: long, exec: { program: sh, args: [-c, 'if [ $ORCHESTRA_ATTEMPT = 1 ]; then echo $$ > pid; exec sleep 60; fi'] } }\n",
+    );
+    let mut child = bin()
+        .current_dir(tmp.path())
+        .args(["run", scenario.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let runs = tmp.path().join("runs");
+    wait_for("the task to start", Duration::from_secs(30), || {
+        runs.is_dir()
+            && std::fs::read_dir(&runs).unwrap().next().is_some_and(|d| {
+                std::fs::read_to_string(d.unwrap().path().join("work/long/pid"))
+                    .is_ok_and(|p| p.trim().parse::<i32>().is_ok())
+            })
+    });
+    let dir = only_run_dir(&runs);
+    let pid: i32 =
+        std::fs::read_to_string(dir.join("work/long/pid")).unwrap().trim().parse().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(alive(pid), "the task runs on in its own process group after orchestra is killed");
+
+    let run = orchestra(tmp.path(), &["resume", dir.to_str().unwrap()]);
+    assert_eq!(run.code(), 0, "{}", run.stderr());
+    assert!(run.stderr().contains("ended 1 process group(s)"), "{}", run.stderr());
+    wait_for("the orphan to die", Duration::from_secs(5), || !alive(pid));
+    assert_eq!(task(&run.summary(), "long")["attempts"].as_array().unwrap().len(), 2);
+}

@@ -21,6 +21,7 @@
 pub mod artifacts;
 pub mod attempt;
 pub mod exec;
+pub mod orphans;
 #[allow(unsafe_code)]
 mod sandbox;
 pub mod service;

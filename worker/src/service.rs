@@ -151,6 +151,8 @@ struct Shared {
     config: WorkerConfig,
     options: WorkerOptions,
     runs: Runs,
+    /// Process groups alive per run, for `orphans::end_orphans` after a crash.
+    ledger: crate::orphans::Ledger,
     /// Cancelled when the worker stops.
     stop: CancellationToken,
 }
@@ -184,6 +186,7 @@ pub async fn run_with_options(
     let shared = Arc::new(Shared {
         bus,
         runs: Runs::new(stop.child_token()),
+        ledger: crate::orphans::Ledger::default(),
         config,
         options,
         stop: stop.clone(),
@@ -323,9 +326,15 @@ async fn run_dispatch(
     };
 
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut sink = move |event: TaskEvent| {
+    // The attempt's process group (0: nothing spawned).
+    let spawned = std::sync::atomic::AtomicU32::new(0);
+    let mut sink = |event: TaskEvent| {
         if let TaskEvent::Started { pid, argv, .. } = &event {
             info!(pid, program = argv.first().map(String::as_str).unwrap_or(""), "attempt started");
+            if let Some(pid) = *pid {
+                shared.ledger.started(&run_dir, pid);
+                spawned.store(pid, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         let _ = tx.send(event);
     };
@@ -354,6 +363,11 @@ async fn run_dispatch(
     };
     // The attempt is over: its slot can take the next delivery while this one is reported.
     drop(slot);
+    let pgid = spawned.load(std::sync::atomic::Ordering::Relaxed);
+    if pgid != 0 {
+        // Its process group has been ended and reaped.
+        shared.ledger.ended(&run_dir, pgid);
+    }
     // Every event was sent before the attempt returned.
     while let Ok(event) = rx.try_recv() {
         publish(event).await;
