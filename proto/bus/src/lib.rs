@@ -2,8 +2,9 @@
 //!
 //! [`Bus`] is the one transport interface: core pub/sub with NATS subject wildcards, queue
 //! groups, request/reply, and JetStream-like work queues ([`WorkQueue`]). [`MemBus`] implements it
-//! in-process for the embedded mode; a NATS implementation fills the same trait. Messages always
-//! cross a bus as bytes, exactly as they would on NATS.
+//! in-process for the embedded mode; [`NatsBus`] implements it over a nats-server (JetStream for
+//! work queues) for the distributed mode. Messages always cross a bus as bytes, exactly as they
+//! would on NATS.
 //!
 //! [`conformance`] is a test suite any `Bus` implementation runs unchanged.
 //!
@@ -14,9 +15,11 @@
 
 pub mod conformance;
 mod mem;
+mod nats;
 pub mod subject;
 
 pub use mem::MemBus;
+pub use nats::NatsBus;
 
 use async_trait::async_trait;
 use bytes::Bytes;
