@@ -606,3 +606,30 @@ fn resume_ends_the_process_groups_a_killed_run_left_behind() {
     wait_for("the orphan to die", Duration::from_secs(5), || !alive(pid));
     assert_eq!(task(&run.summary(), "long")["attempts"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_terminal_gets_a_live_status_line() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIP: `script` (util-linux) is not installed, no pseudo-terminal to test with");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "{} run {} --runs-dir {}",
+        env!("CARGO_BIN_EXE_orchestra"),
+        examples().join("hello.yaml").display(),
+        tmp.path().join("runs").display()
+    );
+    // `script` runs the command on a pseudo-terminal: stderr is a TTY there.
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env_remove("NO_PROGRESS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("\r\x1b[2K"), "no in-place rewrite on a terminal: {text:?}");
+    assert!(text.contains("5/5 done · 0 running · 0 failed"), "{text:?}");
+    assert!(text.contains("run succeeded: 5/5"), "{text:?}");
+}
