@@ -53,6 +53,8 @@ pub enum Command {
     /// Write, check and describe configuration files
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// List, show and delete the runs in the runs directory
+    Runs(RunsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -126,4 +128,79 @@ pub enum ConfigCommand {
 pub enum FileKind {
     Config,
     Scenario,
+}
+
+const RUNS_AFTER: &str = "\
+Examples:
+  orchestra runs list                          newest first: status, duration, tasks
+  orchestra runs list --status failed --limit 5
+  orchestra runs show 20261125T100757Z-a1b2c3  the headline and the task table
+  orchestra runs gc --keep 10 --dry-run        what would be deleted
+  orchestra runs gc --older-than 7d --keep-failed
+
+A run is finished (succeeded, failed, cancelled), running (its state store is in use),
+interrupted (resumable with `orchestra resume RUN`) or planned (a --plan-only leftover).
+gc deletes only finished and planned runs.";
+
+#[derive(Debug, Args)]
+#[command(after_help = RUNS_AFTER)]
+pub struct RunsArgs {
+    /// The runs directory [default: from config, ./runs]
+    #[arg(long, global = true, env = "ORCHESTRA_RUNS_DIR", value_name = "DIR")]
+    pub runs_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: RunsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first
+    List {
+        /// Print a JSON array on stdout
+        #[arg(long)]
+        json: bool,
+        /// Only runs in this state
+        #[arg(long, value_enum, value_name = "S")]
+        status: Option<StatusFilter>,
+        /// At most N runs
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show one run: its outcome and task table
+    Show {
+        /// Run directory, or a run id inside the runs directory
+        run: String,
+        /// Print summary.json as is
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete old finished runs (never running or interrupted ones)
+    Gc {
+        /// Keep the newest N finished or planned runs [default: 20 without --older-than]
+        #[arg(long, value_name = "N")]
+        keep: Option<usize>,
+        /// Delete only runs older than this (e.g. 12h, 7d)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Keep failed runs whatever their age
+        #[arg(long)]
+        keep_failed: bool,
+        /// Print what would be deleted; delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// What `runs list --status` selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFilter {
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Succeeded, failed or cancelled
+    Finished,
+    Running,
+    Interrupted,
+    Planned,
 }

@@ -27,6 +27,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Run(args) => run(&cli, args).await,
         Command::Resume(args) => resume(&cli, args).await,
         Command::Config(cmd) => config(&cli, cmd),
+        Command::Runs(args) => crate::runs::command(&cli, args),
     };
     match result {
         Ok(code) => code,
@@ -59,7 +60,7 @@ pub struct UsageError {
     pub hint: Option<String>,
 }
 
-fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
+pub(crate) fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::Error {
     UsageError { message: message.into(), hint: hint.map(str::to_owned) }.into()
 }
 
@@ -73,7 +74,7 @@ fn console_level(cli: &Cli, cfg: &ConfigFile) -> String {
 }
 
 /// The config file: `--config`, else `./orchestra.yaml` if present, else defaults.
-fn load_config(cli: &Cli) -> anyhow::Result<ConfigFile> {
+pub(crate) fn load_config(cli: &Cli) -> anyhow::Result<ConfigFile> {
     if let Some(path) = &cli.config {
         return Ok(settings::load_config(path)?);
     }

@@ -14,4 +14,5 @@ pub mod local;
 pub mod logging;
 pub mod progress;
 pub mod report;
+pub mod runs;
 pub mod settings;
