@@ -129,6 +129,36 @@ impl Store {
         Ok(store)
     }
 
+    /// True if a process holds the store at `path` open (sled keeps an exclusive `flock` on
+    /// its `db` file while open). Checked without taking the lock, from `/proc/locks`, so a
+    /// probe never stands in the way of a run that opens its store at the same moment.
+    /// Falls back to `false` where `/proc/locks` cannot be read.
+    pub fn is_in_use(path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(path.join("db")) else { return false };
+        let Ok(locks) = std::fs::read_to_string("/proc/locks") else { return false };
+        let (ino, dev) = (meta.ino(), meta.dev());
+        // `major:minor` of the device, in hex, as /proc/locks prints them.
+        let (major, minor) = (
+            ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff),
+            ((dev >> 12) & 0xffff_ff00) | (dev & 0xff),
+        );
+        locks.lines().any(|line| {
+            // `1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234567 0 EOF`
+            let mut fields = line.split_whitespace().skip(1);
+            fields.next() == Some("FLOCK")
+                && fields.nth(3).and_then(|id| {
+                    let mut parts = id.split(':');
+                    let (maj, min, inode) = (parts.next()?, parts.next()?, parts.next()?);
+                    Some(
+                        u64::from_str_radix(maj, 16).ok()? == major
+                            && u64::from_str_radix(min, 16).ok()? == minor
+                            && inode.parse::<u64>().ok()? == ino,
+                    )
+                }) == Some(true)
+        })
+    }
+
     /// Re-applies a journal left behind by a crash, then makes it durable in sled.
     fn replay(&self) -> Result<(), StoreError> {
         let journal = self.journal.lock().unwrap_or_else(|e| e.into_inner());
@@ -349,6 +379,16 @@ mod tests {
         // sync makes sled durable and empties the journal
         store.sync().unwrap();
         assert_eq!(std::fs::metadata(crashed.path().join(JOURNAL)).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_store_is_in_use_while_it_is_open() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!Store::is_in_use(dir.path()), "no store yet");
+        let store = Store::open(dir.path()).unwrap();
+        assert!(Store::is_in_use(dir.path()), "held by this process");
+        drop(store);
+        assert!(!Store::is_in_use(dir.path()), "released");
     }
 
     #[test]

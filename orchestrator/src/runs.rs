@@ -66,7 +66,7 @@ pub enum SummaryProbe {
 /// What the state store said (asked only when there is no summary).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreProbe {
-    /// `Store::open` failed: another process holds it.
+    /// Another process holds the store (or it cannot be opened).
     Locked,
     /// The stored run record's status.
     Record(RunStatus),
@@ -332,7 +332,11 @@ fn read_summary(dir: &Path) -> (SummaryProbe, Option<Summary>) {
 /// Opens the run's store (only when asked: it takes the store's lock for a moment) and, if
 /// it holds the run, summarizes it as of `now`.
 fn read_store(dir: &Path, id: &str, now: Timestamp) -> (StoreProbe, Option<Summary>) {
-    let Ok(store) = Store::open(&crate::local::state_dir(dir)) else {
+    let state = crate::local::state_dir(dir);
+    if Store::is_in_use(&state) {
+        return (StoreProbe::Locked, None);
+    }
+    let Ok(store) = Store::open(&state) else {
         return (StoreProbe::Locked, None);
     };
     let run_id = RunId::new_unchecked(id);
@@ -538,10 +542,9 @@ fn show(runs_dir: &Path, run: &str, json: bool, now: Timestamp) -> anyhow::Resul
     Ok(exit::SUCCESS)
 }
 
-/// True if another process holds the run's store. Opening it briefly takes the lock.
+/// True if another process holds the run's store (checked without taking its lock).
 fn store_in_use(dir: &Path) -> bool {
-    let state = crate::local::state_dir(dir);
-    state.is_dir() && Store::open(&state).is_err()
+    Store::is_in_use(&crate::local::state_dir(dir))
 }
 
 fn gc(runs_dir: &Path, policy: GcPolicy, dry_run: bool, now: Timestamp) -> anyhow::Result<u8> {
