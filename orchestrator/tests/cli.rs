@@ -1,25 +1,14 @@
 //! The real `orchestra` binary, end to end: exit codes, stdout/stderr, and the run directory.
 #![allow(clippy::disallowed_methods)] // tests run the real binary and tools such as sha256sum
 
+mod common;
+
+use common::{alive, bin, examples, start_until_pid, wait_for, write};
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_orchestra"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ORCHESTRA_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_PROGRESS", "1").stdin(Stdio::null());
-    c
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
 
 struct Run {
     out: Output,
@@ -61,12 +50,6 @@ fn orchestra(cwd: &Path, args: &[&str]) -> Run {
     Run { out, dir }
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn task<'a>(summary: &'a Value, id: &str) -> &'a Value {
     summary["tasks"].as_array().unwrap().iter().find(|t| t["id"] == id).unwrap()
 }
@@ -74,16 +57,6 @@ fn task<'a>(summary: &'a Value, id: &str) -> &'a Value {
 fn sha256sum(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
     String::from_utf8(out.stdout).unwrap().split_whitespace().next().unwrap().to_owned()
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purposes: it runs nothing and holds nothing but a pid.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            stat.rsplit(')').next().map(|s| !s.trim_start().starts_with('Z')).unwrap_or(false)
-        }
-        Err(_) => false,
-    }
 }
 
 #[test]
@@ -299,14 +272,6 @@ fn output_cap_holds() {
     assert!(run.stderr().contains("output cap of 10240 bytes"), "{}", run.stderr());
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn only_run_dir(runs: &Path) -> PathBuf {
     let dirs: Vec<_> = std::fs::read_dir(runs).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(dirs.len(), 1, "{dirs:?}");
@@ -374,24 +339,7 @@ fn ctrl_c_cancels_cleanly() {
         "sleepy.yaml",
         "name: sleepy\ntasks:\n  - { id: nap, exec: { program: sh, args: [-c, 'echo $$ > pid; if [ $ORCHESTRA_ATTEMPT = 1 ]; then exec sleep 30; fi'] } }\n  - { id: after, depends_on: [nap], exec: { program: 'true' } }\n",
     );
-    let child = bin()
-        .current_dir(tmp.path())
-        .args(["run", scenario.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let runs = tmp.path().join("runs");
-    wait_for("the task to start", Duration::from_secs(30), || {
-        runs.is_dir()
-            && std::fs::read_dir(&runs).unwrap().next().is_some_and(|d| {
-                std::fs::read_to_string(d.unwrap().path().join("work/nap/pid"))
-                    .is_ok_and(|p| p.trim().parse::<i32>().is_ok())
-            })
-    });
-    let dir = only_run_dir(&runs);
-    let pid: i32 =
-        std::fs::read_to_string(dir.join("work/nap/pid")).unwrap().trim().parse().unwrap();
+    let (child, dir, pid) = start_until_pid(tmp.path(), &scenario, "nap", Stdio::piped);
     let started = Instant::now();
     Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let out = child.wait_with_output().unwrap();
@@ -578,24 +526,7 @@ fn resume_ends_the_process_groups_a_killed_run_left_behind() {
         "orphan.yaml",
         "name: orphan\ntasks:\n  - { id: long, exec: { program: sh, args: [-c, 'if [ $ORCHESTRA_ATTEMPT = 1 ]; then echo $$ > pid; exec sleep 60; fi'] } }\n",
     );
-    let mut child = bin()
-        .current_dir(tmp.path())
-        .args(["run", scenario.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let runs = tmp.path().join("runs");
-    wait_for("the task to start", Duration::from_secs(30), || {
-        runs.is_dir()
-            && std::fs::read_dir(&runs).unwrap().next().is_some_and(|d| {
-                std::fs::read_to_string(d.unwrap().path().join("work/long/pid"))
-                    .is_ok_and(|p| p.trim().parse::<i32>().is_ok())
-            })
-    });
-    let dir = only_run_dir(&runs);
-    let pid: i32 =
-        std::fs::read_to_string(dir.join("work/long/pid")).unwrap().trim().parse().unwrap();
+    let (mut child, dir, pid) = start_until_pid(tmp.path(), &scenario, "long", Stdio::null);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(alive(pid), "the task runs on in its own process group after orchestra is killed");

@@ -1,22 +1,15 @@
 //! `orchestra runs list|show|gc` through the real binary, over real and fake run directories.
 #![allow(clippy::disallowed_methods)] // tests run the real binary
 
+mod common;
+
+use common::{bin, examples, start_until_pid, wait_for, write};
+
 use orchestra_proto::Timestamp;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_orchestra"));
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("ORCHESTRA_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("NO_PROGRESS", "1").stdin(Stdio::null());
-    c
-}
 
 struct Out(Output);
 
@@ -60,30 +53,16 @@ fn ok(cwd: &Path, args: &[&str]) -> Out {
     out
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn name(dir: &Path) -> String {
     dir.file_name().unwrap().to_str().unwrap().to_owned()
 }
 
 fn hello() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello.yaml").display().to_string()
+    examples().join("hello.yaml").display().to_string()
 }
 
 const FAILING: &str =
     "name: failing\ntasks:\n  - { id: bad, exec: { program: sh, args: [-c, 'exit 3'] } }\n";
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Run ids have a resolution of one second: wait for the next one so ids sort by time.
 fn next_second() {
@@ -265,26 +244,8 @@ fn gc_never_deletes_running_or_interrupted_runs() {
         "slow.yaml",
         "name: slow\ntasks:\n  - { id: nap, exec: { program: sh, args: [-c, 'echo $$ > pid; exec sleep 30'] } }\n",
     );
-    let child = bin()
-        .current_dir(cwd)
-        .args(["run", slow.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut cleanup = Cleanup { child, task_pid: None };
-    let runs = cwd.join("runs");
-    let mut running = None;
-    wait_for("the task to start", Duration::from_secs(30), || {
-        running = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).find(|d| {
-            std::fs::read_to_string(d.join("work/nap/pid"))
-                .is_ok_and(|p| p.trim().parse::<i32>().is_ok())
-        });
-        running.is_some()
-    });
-    let running = running.unwrap();
-    let pid = std::fs::read_to_string(running.join("work/nap/pid")).unwrap();
-    cleanup.task_pid = Some(pid.trim().parse().unwrap());
+    let (child, running, pid) = start_until_pid(cwd, &slow, "nap", Stdio::null);
+    let mut cleanup = Cleanup { child, task_pid: Some(pid) };
     let id = name(&running);
 
     let list = ok(cwd, &["runs", "list"]);
