@@ -12,7 +12,6 @@
 #![allow(clippy::result_large_err)]
 
 use crate::diagnostic::{Diagnostic, backticked, did_you_mean, split_expected};
-use orchestra_proto::ids::is_token_char;
 use orchestra_proto::{
     Backoff, ExecSpec, Plan, RetryPolicy, RunOptions, TaskId, TaskSpec, Tool, ids::IdError,
 };
@@ -307,16 +306,8 @@ fn check_task(at: &FieldPath, task: &TaskFile) -> Result<(), Problem> {
 }
 
 fn check_token(at: &FieldPath, what: &str, value: &str) -> Result<(), Problem> {
-    let err = if value.is_empty() {
-        IdError::Empty
-    } else if value.chars().count() > TaskId::MAX_LEN {
-        IdError::TooLong { max: TaskId::MAX_LEN }
-    } else if let Some(found) = value.chars().find(|c| !is_token_char(*c)) {
-        IdError::BadChar { found }
-    } else {
-        return Ok(());
-    };
-    Err(id_problem(at.clone(), what, value, &err))
+    orchestra_proto::ids::check_token(value, TaskId::MAX_LEN)
+        .map_err(|err| id_problem(at.clone(), what, value, &err))
 }
 
 fn id_problem(at: FieldPath, what: &str, value: &str, err: &IdError) -> Problem {

@@ -25,7 +25,9 @@ pub enum IdError {
     BadChar { found: char },
 }
 
-fn check_token(s: &str, max: usize) -> Result<(), IdError> {
+/// Checks a string that becomes a subject token or a directory name: 1 to `max` characters,
+/// letters, digits, `_` and `-`.
+pub fn check_token(s: &str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
     }
