@@ -2,6 +2,9 @@
 //! skips, cancels, and owns the durable run state.
 //!
 //! - `plan` (pure): validation of a plan, every problem at once.
+//! - `planner`: a goal → a plan through an `orchestra-llm` backend (prompt, extract, check,
+//!   repair rounds, budgets, plan cache); its pure steps are `planner::draft` and
+//!   `planner::prompt`.
 //! - `sched` (pure): the scheduler state machine; time is an input, effects are the output.
 //! - `store`: the typed sled store — the only place that opens sled.
 //! - `service`: the only awaiting loop; feeds the scheduler and applies its effects
@@ -12,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod plan;
+pub mod planner;
 pub mod sched;
 pub mod service;
 pub mod store;

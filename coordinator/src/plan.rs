@@ -4,7 +4,7 @@
 //! Pure: no I/O, no clock. Problems come out in a stable order: plan-level problems first, then
 //! each task's problems in plan order, then one `cycle` problem per strongly connected component.
 
-use orchestra_proto::{Plan, PlanProblem, RunOptions, TaskId, TaskSpec, Tool};
+use orchestra_proto::{ClaudeSpec, Plan, PlanProblem, RunOptions, TaskId, TaskSpec, Tool};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -221,6 +221,7 @@ pub fn validate(plan: &Plan, limits: &PlanLimits) -> Result<CheckedPlan, Vec<Pla
                     ));
                 }
             }
+            Tool::Claude(c) => check_claude(&mut problems, i, id, c),
         }
         if t.timeout_ms == 0 {
             problems.push(problem(
@@ -260,11 +261,54 @@ pub fn validate(plan: &Plan, limits: &PlanLimits) -> Result<CheckedPlan, Vec<Pla
     Ok(CheckedPlan { plan: plan.clone(), order, dependencies, dependents, index })
 }
 
+/// Permission modes of Claude Code a `claude` task may ask for.
+pub const CLAUDE_PERMISSION_MODES: &[&str] =
+    &["default", "acceptEdits", "auto", "dontAsk", "plan", "bypassPermissions"];
+
+fn check_claude(problems: &mut Vec<PlanProblem>, i: usize, id: &str, c: &ClaudeSpec) {
+    if c.prompt.trim().is_empty() {
+        problems.push(problem(
+            "empty_prompt",
+            format!("tasks[{i}].tool.prompt"),
+            format!("claude task `{id}` has an empty prompt"),
+            "say what the agent should do, and which files it should leave behind",
+        ));
+    }
+    if c.max_turns == Some(0) {
+        problems.push(problem(
+            "zero_max_turns",
+            format!("tasks[{i}].tool.max_turns"),
+            format!("claude task `{id}` allows zero turns"),
+            "allow at least 1 turn, or leave `max_turns` out",
+        ));
+    }
+    if let Some(b) = c.max_budget_usd
+        && !(b.is_finite() && b > 0.0)
+    {
+        problems.push(problem(
+            "bad_budget",
+            format!("tasks[{i}].tool.max_budget_usd"),
+            format!("claude task `{id}` has a budget of {b} USD"),
+            "a budget must be a positive number of US dollars, e.g. 0.5",
+        ));
+    }
+    if let Some(mode) = &c.permission_mode
+        && !CLAUDE_PERMISSION_MODES.contains(&mode.as_str())
+    {
+        problems.push(problem(
+            "unknown_permission_mode",
+            format!("tasks[{i}].tool.permission_mode"),
+            format!("claude task `{id}` asks for permission mode `{mode}`"),
+            format!("use one of: {}", CLAUDE_PERMISSION_MODES.join(", ")),
+        ));
+    }
+}
+
 fn problem(
     code: &str,
     path: impl Into<String>,
     message: impl Into<String>,
-    hint: &str,
+    hint: impl Into<String>,
 ) -> PlanProblem {
     PlanProblem {
         code: code.into(),

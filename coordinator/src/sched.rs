@@ -17,14 +17,17 @@ use crate::plan::CheckedPlan;
 use orchestra_proto::{
     AttemptRecord, AttemptResult, Backoff, Dispatch, Failure, FailureKind, InputRef, Outcome,
     RetryPolicy, RunEvent, RunOptions, RunOutcome, RunStatus, TaskId, TaskRecord, TaskStatus,
-    Timestamp,
+    Timestamp, Tool,
 };
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::time::Duration;
 
 /// Something that happened to the run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+// Inputs and effects live for one `handle` call; boxing the large variants would only add
+// allocations.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// Dispatch what is ready. Nothing is dispatched before the first `Start`.
     Start,
@@ -39,7 +42,8 @@ pub enum Input {
 }
 
 /// What the service must do, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Write this record durably BEFORE applying any later effect of the same batch.
     Persist(TaskRecord),
@@ -72,6 +76,10 @@ pub struct Scheduler {
     /// The reason of the first `Cancel`.
     cancelled: Option<String>,
     finished: bool,
+    /// Money spent on models so far: planning plus finished `claude` attempts.
+    spent_usd: f64,
+    /// Per task: budget granted to its `claude` attempt in flight.
+    reserved_usd: Vec<f64>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -164,7 +172,29 @@ impl Scheduler {
             started: false,
             cancelled: None,
             finished: false,
+            spent_usd: 0.0,
+            reserved_usd: vec![0.0; n],
         }
+        .with_spent(0.0)
+    }
+
+    /// Counts `usd` (the planning cost) against the run's `max_cost_usd`, on top of what the
+    /// restored records' `claude` attempts spent.
+    pub fn with_spent(mut self, usd: f64) -> Self {
+        let attempts: f64 = self
+            .records
+            .iter()
+            .flat_map(|r| &r.attempts)
+            .filter_map(|a| a.claude.as_ref())
+            .map(|c| c.cost_usd)
+            .sum();
+        self.spent_usd = usd + attempts;
+        self
+    }
+
+    /// Money spent on models so far.
+    pub fn spent_usd(&self) -> f64 {
+        self.spent_usd
     }
 
     /// Advances the run. Same inputs, same effects.
@@ -273,6 +303,10 @@ impl Scheduler {
     ) {
         let Some(i) = self.current(task_id, attempt) else { return };
         self.in_flight -= 1;
+        self.reserved_usd[i] = 0.0;
+        if let Some(c) = &result.claude {
+            self.spent_usd += c.cost_usd;
+        }
         let record = &mut self.records[i];
         if let Some(a) = record.attempts.last_mut() {
             a.worker_id.get_or_insert(result.worker_id);
@@ -280,6 +314,7 @@ impl Scheduler {
             a.finished_at = Some(result.finished_at);
             a.exit_code = result.exit_code;
             a.signal = result.signal;
+            a.claude = result.claude;
         }
         let failure = match result.outcome {
             Outcome::Succeeded {} | Outcome::DryRun {} => {
@@ -471,6 +506,33 @@ impl Scheduler {
     }
 
     fn dispatch(&mut self, now: Timestamp, i: usize, fx: &mut Vec<Effect>) {
+        let mut task = self.plan.tasks()[i].clone();
+        if let (Tool::Claude(spec), Some(cap)) = (&mut task.tool, self.options.max_cost_usd) {
+            let reserved: f64 = self.reserved_usd.iter().sum();
+            let available = cap - self.spent_usd - reserved;
+            if available <= 1e-9 {
+                let failure = Failure::new(
+                    FailureKind::Budget,
+                    format!(
+                        "the run's model budget of ${cap:.4} is spent (${:.4} used, ${reserved:.4} granted to running tasks); the task was not started",
+                        self.spent_usd
+                    ),
+                );
+                let id = task.id.clone();
+                let attempt = self.records[i].last_attempt();
+                self.set_terminal(i, TaskStatus::Failed, Some(failure.message.clone()), fx);
+                fx.push(Effect::Emit(RunEvent::TaskFailed {
+                    task_id: id.clone(),
+                    attempt,
+                    failure,
+                }));
+                self.skip_dependents(i, format!("dependency `{id}` failed"), fx);
+                return;
+            }
+            let grant = spec.max_budget_usd.map_or(available, |b| b.min(available));
+            spec.max_budget_usd = Some(grant);
+            self.reserved_usd[i] = grant;
+        }
         let record = &mut self.records[i];
         let attempt = record.last_attempt() + 1;
         record.attempts.push(AttemptRecord {
@@ -483,6 +545,7 @@ impl Scheduler {
             signal: None,
             failure: None,
             succeeded: false,
+            claude: None,
         });
         record.status = TaskStatus::Dispatched;
         record.retry_at = None;
@@ -500,7 +563,6 @@ impl Scheduler {
                 sha256: a.sha256.clone(),
             })
             .collect();
-        let task = self.plan.tasks()[i].clone();
         let task_id = task.id.clone();
         fx.push(Effect::Dispatch(Dispatch {
             task,
@@ -536,12 +598,15 @@ pub fn is_retryable(policy: &RetryPolicy, failure: &Failure, exit_code: Option<i
                     .or(exit_code)
                     .is_some_and(|c| policy.retry_on_exit_codes.contains(&c))
         }
-        FailureKind::Signal | FailureKind::Timeout => true,
+        FailureKind::Signal | FailureKind::Timeout | FailureKind::ApiError => true,
         FailureKind::Spawn
         | FailureKind::OutputLimit
         | FailureKind::Artifact
         | FailureKind::Policy
         | FailureKind::Cancelled
+        | FailureKind::MaxTurns
+        | FailureKind::Budget
+        | FailureKind::UsageError
         | FailureKind::Internal => false,
     }
 }

@@ -5,14 +5,15 @@
 //! the order the architecture demands: records written and flushed first, then dispatches and
 //! events published.
 
-use crate::plan::{self, PlanLimits};
+use crate::plan::{self, CheckedPlan, PlanLimits};
+use crate::planner::Planner;
 use crate::sched::{self, Effect, Input, Scheduler};
 use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use orchestra_bus::{Bus, BusError, Message, WorkQueue};
 use orchestra_proto::{
-    Control, Ctx, Envelope, PlanProblem, RunEvent, RunOutcome, RunRecord, RunReply, RunRequest,
-    RunStatus, TaskEvent, TaskRecord, Timestamp, codec, subjects,
+    Control, Ctx, Envelope, Plan, PlanProblem, PlanningReport, RunEvent, RunOptions, RunOutcome,
+    RunRecord, RunReply, RunRequest, RunStatus, TaskEvent, TaskRecord, Timestamp, codec, subjects,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,12 +49,25 @@ pub struct Coordinator {
     queue: Arc<dyn WorkQueue>,
     store: Store,
     config: CoordinatorConfig,
+    planner: Option<Planner>,
     runs: TaskTracker,
 }
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Coordinator").finish_non_exhaustive()
+    }
+}
+
+fn run_exists(run_id: &orchestra_proto::RunId) -> RunReply {
+    RunReply::Rejected {
+        problems: vec![PlanProblem {
+            code: "run_exists".into(),
+            path: String::new(),
+            message: format!("run `{run_id}` already exists"),
+            hint: Some("use `orchestra resume` to continue it".into()),
+        }],
+        planning: None,
     }
 }
 
@@ -68,7 +82,13 @@ impl Coordinator {
         store: Store,
         config: CoordinatorConfig,
     ) -> Self {
-        Self { bus, queue, store, config, runs: TaskTracker::new() }
+        Self { bus, queue, store, config, planner: None, runs: TaskTracker::new() }
+    }
+
+    /// Plans `Goal` requests with this planner; without one they are rejected.
+    pub fn with_planner(mut self, planner: Planner) -> Self {
+        self.planner = Some(planner);
+        self
     }
 
     /// Subscribes to run requests, then serves them on a task of its own until `shutdown`;
@@ -117,6 +137,7 @@ impl Coordinator {
                         message: format!("{e}: {}", error_chain(&e)),
                         hint: None,
                     }],
+                    planning: None,
                 }
             }
         };
@@ -126,6 +147,64 @@ impl Coordinator {
         }
     }
 
+    fn limits(&self, options: &RunOptions) -> PlanLimits {
+        PlanLimits {
+            max_tasks: options.max_tasks.min(self.config.max_tasks),
+            max_depends: self.config.max_depends,
+        }
+    }
+
+    /// Stores a checked plan as a new run and starts driving it (or, for `plan_only`, only
+    /// answers with it).
+    #[allow(clippy::too_many_arguments)]
+    async fn start_run(
+        &self,
+        ctx: Ctx,
+        plan: Plan,
+        checked: CheckedPlan,
+        options: RunOptions,
+        plan_only: bool,
+        planning: Option<PlanningReport>,
+        shutdown: &CancellationToken,
+    ) -> Result<RunReply, CoordinatorError> {
+        let order = checked.order_ids();
+        let tasks = plan.tasks.len() as u32;
+        let planned = planning.is_some();
+        let accepted = |plan: Plan, planning| RunReply::Accepted {
+            tasks,
+            order,
+            plan: planned.then_some(plan),
+            planning,
+        };
+        if plan_only {
+            return Ok(accepted(plan, planning));
+        }
+        if self.store.run(&ctx.run_id)?.is_some() {
+            return Ok(run_exists(&ctx.run_id));
+        }
+        let seed = rand::random::<u64>();
+        let record = RunRecord {
+            run_id: ctx.run_id.clone(),
+            trace_id: ctx.trace_id.clone(),
+            status: RunStatus::Running,
+            plan,
+            options: options.clone(),
+            created_at: now(),
+            finished_at: None,
+            seed,
+            planning,
+        };
+        self.store.put_run(&record)?;
+        let records: Vec<TaskRecord> =
+            record.plan.tasks.iter().map(|t| TaskRecord::new(t.id.clone())).collect();
+        self.store.put_tasks(&ctx.run_id, &records)?;
+        self.store.commit()?;
+        let planning_cost = record.planning.as_ref().map_or(0.0, PlanningReport::cost_usd);
+        let sched = Scheduler::new(checked, options, seed).with_spent(planning_cost);
+        self.spawn_run(Ctx::run(ctx.run_id, ctx.trace_id), sched, shutdown).await?;
+        Ok(accepted(record.plan, record.planning))
+    }
+
     async fn accept(
         &self,
         env: Envelope<RunRequest>,
@@ -133,49 +212,64 @@ impl Coordinator {
     ) -> Result<RunReply, CoordinatorError> {
         let ctx = env.ctx();
         match env.body {
-            RunRequest::Start { plan, options, plan_only } => {
-                let limits = PlanLimits {
-                    max_tasks: options.max_tasks.min(self.config.max_tasks),
-                    max_depends: self.config.max_depends,
-                };
-                let checked = match plan::validate(&plan, &limits) {
-                    Ok(c) => c,
-                    Err(problems) => return Ok(RunReply::Rejected { problems }),
-                };
-                let order = checked.order_ids();
-                let tasks = plan.tasks.len() as u32;
-                if plan_only {
-                    return Ok(RunReply::Accepted { tasks, order });
+            RunRequest::Start { plan, options, plan_only, planning } => {
+                let limits = self.limits(&options);
+                match plan::validate(&plan, &limits) {
+                    Ok(checked) => {
+                        self.start_run(ctx, plan, checked, options, plan_only, planning, shutdown)
+                            .await
+                    }
+                    Err(problems) => Ok(RunReply::Rejected { problems, planning: None }),
                 }
-                if self.store.run(&ctx.run_id)?.is_some() {
+            }
+            RunRequest::Goal { goal, options, plan_only } => {
+                let Some(planner) = &self.planner else {
                     return Ok(RunReply::Rejected {
                         problems: vec![PlanProblem {
-                            code: "run_exists".into(),
-                            path: String::new(),
-                            message: format!("run `{}` already exists", ctx.run_id),
-                            hint: Some("use `orchestra resume` to continue it".into()),
+                            code: "no_planner".into(),
+                            path: "goal".into(),
+                            message: "this coordinator has no model to plan with".into(),
+                            hint: Some(
+                                "configure `llm.backend`, or give the scenario explicit `tasks`"
+                                    .into(),
+                            ),
                         }],
+                        planning: None,
                     });
-                }
-                let seed = rand::random::<u64>();
-                let record = RunRecord {
-                    run_id: ctx.run_id.clone(),
-                    trace_id: ctx.trace_id.clone(),
-                    status: RunStatus::Running,
-                    plan,
-                    options: options.clone(),
-                    created_at: now(),
-                    finished_at: None,
-                    seed,
                 };
-                self.store.put_run(&record)?;
-                let records: Vec<TaskRecord> =
-                    record.plan.tasks.iter().map(|t| TaskRecord::new(t.id.clone())).collect();
-                self.store.put_tasks(&ctx.run_id, &records)?;
-                self.store.commit()?;
-                let sched = Scheduler::new(checked, options, seed);
-                self.spawn_run(Ctx::run(ctx.run_id, ctx.trace_id), sched, shutdown).await?;
-                Ok(RunReply::Accepted { tasks, order })
+                if !plan_only && self.store.run(&ctx.run_id)?.is_some() {
+                    return Ok(run_exists(&ctx.run_id));
+                }
+                let limits = self.limits(&options);
+                let planned = tokio::select! {
+                    p = planner.plan(&goal, &options, &limits) => p,
+                    () = shutdown.cancelled() => return Ok(RunReply::Rejected {
+                        problems: vec![PlanProblem {
+                            code: "shutdown".into(),
+                            path: String::new(),
+                            message: "the coordinator shut down while planning".into(),
+                            hint: Some("submit the run again".into()),
+                        }],
+                        planning: None,
+                    }),
+                };
+                match planned {
+                    Ok(p) => {
+                        self.start_run(
+                            ctx,
+                            p.plan,
+                            p.checked,
+                            options,
+                            plan_only,
+                            Some(p.report),
+                            shutdown,
+                        )
+                        .await
+                    }
+                    Err(n) => {
+                        Ok(RunReply::Rejected { problems: n.problems, planning: Some(n.report) })
+                    }
+                }
             }
             RunRequest::Resume {} => {
                 let Some(record) = self.store.run(&ctx.run_id)? else {
@@ -186,6 +280,7 @@ impl Coordinator {
                             message: format!("no run `{}` in the state store", ctx.run_id),
                             hint: None,
                         }],
+                        planning: None,
                     });
                 };
                 let mut record = record;
@@ -207,9 +302,11 @@ impl Coordinator {
                 let limits = PlanLimits { max_tasks: u32::MAX, max_depends: u32::MAX };
                 let checked = match plan::validate(&record.plan, &limits) {
                     Ok(c) => c,
-                    Err(problems) => return Ok(RunReply::Rejected { problems }),
+                    Err(problems) => return Ok(RunReply::Rejected { problems, planning: None }),
                 };
-                let sched = Scheduler::restore(checked, record.options.clone(), record.seed, tasks);
+                let planning_cost = record.planning.as_ref().map_or(0.0, PlanningReport::cost_usd);
+                let sched = Scheduler::restore(checked, record.options.clone(), record.seed, tasks)
+                    .with_spent(planning_cost);
                 let run_ctx = Ctx::run(record.run_id.clone(), record.trace_id.clone());
                 self.spawn_run(run_ctx, sched, shutdown).await?;
                 Ok(RunReply::Resumed { status: RunStatus::Running, tasks: statuses })

@@ -307,10 +307,13 @@ mod tests {
                 output_cap_bytes: 10,
                 kill_grace_ms: 10,
                 max_tasks: 10,
+                max_llm_calls: 1,
+                max_cost_usd: None,
             },
             created_at: Timestamp::from_millis(1),
             finished_at: None,
             seed: 1,
+            planning: None,
         }
     }
 

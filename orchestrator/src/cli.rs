@@ -20,7 +20,14 @@ Examples:
   orchestra run examples/hello.yaml --dry-run       go through every layer, spawn nothing
   orchestra run examples/hello.yaml --json | jq .   the summary as JSON on stdout
 
-The run directory holds scenario.yaml, config.yaml, plan.json, logs.jsonl,
+Planning with a model (a scenario with a `goal:` and no `tasks:`, or --goal):
+  orchestra run --goal 'count the words in README.md' --plan-only    see the plan, run nothing
+  orchestra run examples/goal.yaml --llm scripted:examples/goal-answers   offline, recorded answers
+  orchestra run examples/goal.yaml --approve          show the plan, ask, then run
+  orchestra run --plan runs/<run>/plan.json           run a reviewed (or edited) plan as is
+
+The run directory holds scenario.yaml, config.yaml, plan.json, plan.mmd, llm/ (every model call:
+prompt, raw answer, usage), logs.jsonl,
 tasks/<task>/<attempt>/{stdout,stderr}, artifacts/ + artifacts.json, summary.json, report.md
 and the run's state store (state/), which `orchestra resume` continues from.";
 
@@ -55,16 +62,45 @@ pub enum Command {
     Config(ConfigCommand),
     /// List, show and delete the runs in the runs directory
     Runs(RunsArgs),
+    /// List and show the plans models made, kept in the plan cache
+    #[command(subcommand)]
+    Plans(PlansCommand),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Scenario file (YAML)
-    pub file: PathBuf,
+    /// Scenario file (YAML): explicit `tasks`, or a `goal` for a model to plan
+    #[arg(required_unless_present_any = ["goal", "plan"])]
+    pub file: Option<PathBuf>,
 
-    /// Check the plan and write plan.json; run nothing
-    #[arg(long, conflicts_with = "dry_run")]
+    /// Plan this goal with a model and run it (with FILE: replaces the scenario's goal)
+    #[arg(long, value_name = "TEXT", conflicts_with = "plan")]
+    pub goal: Option<String>,
+
+    /// Run exactly this plan (a plan.json, possibly hand-edited) after checking it
+    #[arg(long, value_name = "FILE", conflicts_with = "file")]
+    pub plan: Option<PathBuf>,
+
+    /// Check the plan and write plan.json and plan.mmd; run nothing
+    #[arg(long, conflicts_with_all = ["dry_run", "approve"])]
     pub plan_only: bool,
+
+    /// Show the model's plan and ask before running it (needs a terminal)
+    #[arg(long)]
+    pub approve: bool,
+
+    /// Planning backend: claude-code, anthropic, openai, scripted:DIR (replay recorded
+    /// answers), record:DIR (ask the configured backend, save its answers) [default: llm.backend]
+    #[arg(long, value_name = "BACKEND", value_parser = crate::llm::parse_choice, env = "ORCHESTRA_LLM")]
+    pub llm: Option<crate::llm::LlmChoice>,
+
+    /// Model for planning [default: llm.model, else the backend's default]
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+
+    /// Ask the model even if the plan cache has an answer for this exact request
+    #[arg(long)]
+    pub no_cache: bool,
 
     /// Go through every layer but spawn nothing; report what would run
     #[arg(long)]
@@ -203,4 +239,22 @@ pub enum StatusFilter {
     Running,
     Interrupted,
     Planned,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlansCommand {
+    /// List cached plans, newest first
+    List {
+        /// Print a JSON array on stdout
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one cached plan: its goal, how it was made, and its tasks
+    Show {
+        /// The cache key, or a unique prefix of it
+        key: String,
+        /// Print the cache entry as JSON
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -1,7 +1,9 @@
 //! The commands: each returns the process exit code. All user-facing output is here, in
 //! `progress` and in `report`.
 
-use crate::cli::{Cli, Command, CommonRunArgs, ConfigCommand, FileKind, ResumeArgs, RunArgs};
+use crate::cli::{
+    Cli, Command, CommonRunArgs, ConfigCommand, FileKind, PlansCommand, ResumeArgs, RunArgs,
+};
 use crate::diagnostic::Diagnostic;
 use crate::exit;
 use crate::local::{self, LocalCluster, LocalOptions};
@@ -11,10 +13,11 @@ use crate::report;
 use crate::settings::{self, ConfigFile};
 use anyhow::Context as _;
 use bytes::Bytes;
+use is_terminal::IsTerminal as _;
 use orchestra_bus::{Bus, Subscription};
 use orchestra_proto::{
-    Control, Ctx, PlanProblem, RunEvent, RunId, RunReply, RunRequest, RunStatus, TaskEvent,
-    Timestamp, TraceId, codec, layout, subjects,
+    Control, Ctx, GoalRequest, Plan, PlanProblem, PlanningReport, RunEvent, RunId, RunReply,
+    RunRequest, RunStatus, TaskEvent, Timestamp, TraceId, codec, layout, subjects,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Resume(args) => resume(&cli, args).await,
         Command::Config(cmd) => config(&cli, cmd),
         Command::Runs(args) => crate::runs::command(&cli, args),
+        Command::Plans(cmd) => plans(&cli, cmd),
     };
     match result {
         Ok(code) => code,
@@ -98,12 +102,97 @@ fn apply_overrides(cfg: &mut ConfigFile, common: &CommonRunArgs) -> anyhow::Resu
     Ok(())
 }
 
+/// What `orchestra run` was asked to run.
+enum Source {
+    /// A scenario with explicit tasks, or a plan file: the plan is known.
+    Plan { plan: Plan, file: PathBuf, text: Option<String> },
+    /// A goal for the coordinator's model.
+    Goal { goal: Box<GoalRequest>, file: PathBuf, text: Option<String> },
+}
+
+/// Reads the scenario, `--goal` or `--plan` into what to submit; writes nothing.
+fn source(cfg: &ConfigFile, args: &RunArgs) -> anyhow::Result<(Source, Option<String>)> {
+    if let Some(path) = &args.plan {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("cannot read the plan `{}`: {e}", path.display()), None))?;
+        let plan = parse_plan(path, &text)?;
+        return Ok((Source::Plan { plan, file: path.clone(), text: Some(text) }, None));
+    }
+    let (mut scenario, file, scenario_text) = match &args.file {
+        Some(file) => {
+            let scenario = settings::load_scenario(file)?;
+            let text = std::fs::read_to_string(file).ok();
+            (scenario, file.clone(), text)
+        }
+        None => {
+            // `--goal` alone: a scenario with only a name and the goal.
+            let text = format!(
+                "name: goal\ngoal: {}\n",
+                serde_json::to_string(args.goal.as_deref().unwrap_or_default())?
+            );
+            (
+                settings::load_scenario_str("--goal", &text)?,
+                PathBuf::from("--goal"),
+                Some(text.clone()),
+            )
+        }
+    };
+    if let Some(goal) = &args.goal {
+        if !scenario.tasks.is_empty() {
+            return Err(usage(
+                format!("`{}` has explicit tasks; --goal would be ignored", file.display()),
+                Some("drop --goal, or use a scenario without `tasks`"),
+            ));
+        }
+        scenario.goal = Some(goal.clone());
+    }
+    if scenario.is_goal() {
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut goal = scenario.goal_request(cfg, &base)?;
+        goal.no_cache = args.no_cache;
+        let copy = if args.file.is_some() { None } else { scenario_text.clone() };
+        return Ok((Source::Goal { goal: Box::new(goal), file, text: scenario_text }, copy));
+    }
+    let plan = scenario.to_plan(cfg);
+    Ok((Source::Plan { plan, file, text: scenario_text }, None))
+}
+
+/// A plan file (`plan.json`), with the location of a syntax or shape error.
+fn parse_plan(path: &Path, text: &str) -> anyhow::Result<Plan> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize::<_, Plan>(de).map_err(|e| {
+        let inner = e.inner();
+        let field = e.path().to_string();
+        let at = if field == "." { String::new() } else { format!(" at `{field}`") };
+        usage(
+            format!(
+                "`{}`:{}:{}: not a valid plan{at}: {inner}",
+                path.display(),
+                inner.line(),
+                inner.column()
+            ),
+            Some("a plan is the plan.json of a run (`orchestra run … --plan-only` writes one)"),
+        )
+    })
+}
+
 async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let mut cfg = load_config(cli)?;
     apply_overrides(&mut cfg, &args.common)?;
     let log = logging::init(&console_level(cli, &cfg));
-    let scenario = settings::load_scenario(&args.file)?;
-    let plan = scenario.to_plan(&cfg);
+    let (source, synthesized) = source(&cfg, args)?;
+    let planner = match &source {
+        Source::Goal { .. } => {
+            Some(crate::llm::planner(&cfg, args.llm.as_ref(), args.model.as_deref())?)
+        }
+        Source::Plan { .. } => None,
+    };
+    if args.approve && !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "--approve asks on the terminal, and stdin is not one",
+            Some("review with `--plan-only`, then run the plan with `--plan runs/<run>/plan.json`"),
+        ));
+    }
     let mut options = cfg.run_options();
     options.dry_run = args.dry_run;
 
@@ -113,36 +202,112 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let run_dir = cfg.runs_dir.join(run_id.as_str());
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
-    std::fs::copy(&args.file, run_dir.join(layout::SCENARIO))
-        .with_context(|| format!("cannot copy `{}` into the run directory", args.file.display()))?;
+    if let Some(file) = &args.file {
+        std::fs::copy(file, run_dir.join(layout::SCENARIO))
+            .with_context(|| format!("cannot copy `{}` into the run directory", file.display()))?;
+    } else if let Some(text) = &synthesized {
+        std::fs::write(run_dir.join(layout::SCENARIO), text)
+            .context("cannot write scenario.yaml")?;
+    }
     std::fs::write(run_dir.join(layout::CONFIG), settings::to_yaml(&cfg))
         .context("cannot write the resolved config")?;
     log.open(&run_dir.join(layout::LOGS), run_id.as_str(), trace_id.as_str())
         .context("cannot open logs.jsonl")?;
-    tracing::info!(run_id = %run_id, trace_id = %trace_id, scenario = %args.file.display(), "run created");
+    tracing::info!(run_id = %run_id, trace_id = %trace_id, "run created");
 
-    let cluster = start_cluster(&cfg, &run_dir).await?;
+    let planning_time = planner.as_ref().map(|p| p.max_duration(&options));
+    let cluster = start_cluster(&cfg, &run_dir, planner).await?;
     let bus = cluster.bus();
     let ctx = Ctx::run(run_id.clone(), trace_id.clone());
     let events = bus.subscribe(&follow_subject(cli, &run_id)).await?;
-    let request = RunRequest::Start {
-        plan: plan.clone(),
-        options: options.clone(),
-        plan_only: args.plan_only,
+    let (file, text) = match &source {
+        Source::Plan { file, text, .. } | Source::Goal { file, text, .. } => (file, text),
     };
-    let reply = submit(&bus, &ctx, request).await?;
+    let reply = match &source {
+        Source::Plan { plan, .. } => {
+            let request = RunRequest::Start {
+                plan: plan.clone(),
+                options: options.clone(),
+                plan_only: args.plan_only,
+                planning: None,
+            };
+            submit(&bus, &ctx, request, SUBMIT_TIMEOUT).await?
+        }
+        Source::Goal { goal, .. } => {
+            if !cli.quiet {
+                eprintln!("planning with a model: {}", goal.goal);
+            }
+            let request = RunRequest::Goal {
+                goal: (**goal).clone(),
+                options: options.clone(),
+                plan_only: args.plan_only || args.approve,
+            };
+            let wait = planning_time.unwrap_or(SUBMIT_TIMEOUT) + SUBMIT_TIMEOUT;
+            let reply = submit(&bus, &ctx, request, wait).await?;
+            match reply {
+                RunReply::Accepted { plan: Some(plan), planning, .. } if args.approve => {
+                    write_planning(&run_dir, planning.as_ref(), &plan)?;
+                    print_planned(planning.as_ref());
+                    print_plan(&plan, &plan.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>());
+                    if !confirm(&format!("run these {} tasks?", plan.tasks.len()))? {
+                        cluster.shutdown().await;
+                        let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
+                        println!(
+                            "not run; the plan is in {}",
+                            run_dir.join(layout::PLAN).display()
+                        );
+                        log.close();
+                        return Ok(exit::SUCCESS);
+                    }
+                    let request = RunRequest::Start {
+                        plan,
+                        options: options.clone(),
+                        plan_only: false,
+                        planning,
+                    };
+                    submit(&bus, &ctx, request, SUBMIT_TIMEOUT).await?
+                }
+                other => other,
+            }
+        }
+    };
     match reply {
-        RunReply::Rejected { problems } => {
+        RunReply::Rejected { problems, planning } => {
             cluster.shutdown().await;
             log.close();
-            let _ = std::fs::remove_dir_all(&run_dir);
-            let text = std::fs::read_to_string(&args.file).ok();
-            eprint!("{}", render_problems(&args.file, text.as_deref(), &problems));
+            let kept = match &planning {
+                Some(p) => {
+                    // The model's answers are evidence: keep them with the run directory.
+                    let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
+                    write_calls(&run_dir, p)?;
+                    true
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                    false
+                }
+            };
+            eprint!("{}", render_problems(file, text.as_deref(), &problems));
+            if kept {
+                eprintln!(
+                    "the model's answers are kept in {}",
+                    run_dir.join(layout::LLM_DIR).display()
+                );
+            }
             Ok(exit::USAGE)
         }
-        RunReply::Accepted { order, .. } => {
-            std::fs::write(run_dir.join(layout::PLAN), report::pretty_json(&plan))
-                .context("cannot write plan.json")?;
+        RunReply::Accepted { order, plan: planned, planning, .. } => {
+            let plan = match (planned, &source) {
+                (Some(plan), _) => plan,
+                (None, Source::Plan { plan, .. }) => plan.clone(),
+                (None, Source::Goal { .. }) => {
+                    anyhow::bail!("the coordinator accepted a goal without returning its plan")
+                }
+            };
+            write_planning(&run_dir, planning.as_ref(), &plan)?;
+            if !args.approve && planning.is_some() && !cli.quiet {
+                print_planned(planning.as_ref());
+            }
             if args.plan_only {
                 cluster.shutdown().await;
                 let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
@@ -171,6 +336,72 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// How long L1 waits for the coordinator to accept an explicit plan.
+const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `plan.json`, `plan.mmd` and, when a model made the plan, `llm/`.
+fn write_planning(
+    run_dir: &Path,
+    planning: Option<&PlanningReport>,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    std::fs::write(run_dir.join(layout::PLAN), report::pretty_json(plan))
+        .context("cannot write plan.json")?;
+    std::fs::write(run_dir.join(layout::PLAN_MERMAID), report::plan_mermaid(plan, None))
+        .context("cannot write plan.mmd")?;
+    if let Some(p) = planning {
+        write_calls(run_dir, p)?;
+    }
+    Ok(())
+}
+
+/// `llm/planning.json` and every call's request and raw answer.
+fn write_calls(run_dir: &Path, planning: &PlanningReport) -> anyhow::Result<()> {
+    let dir = run_dir.join(layout::LLM_DIR);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    std::fs::write(run_dir.join(layout::PLANNING), report::pretty_json(planning))
+        .context("cannot write llm/planning.json")?;
+    for c in &planning.calls {
+        std::fs::write(run_dir.join(layout::llm_call(c.round, "request.md")), &c.request)
+            .context("cannot write a model call's request")?;
+        std::fs::write(run_dir.join(layout::llm_call(c.round, "answer.txt")), &c.answer)
+            .context("cannot write a model call's answer")?;
+    }
+    Ok(())
+}
+
+fn print_planned(planning: Option<&PlanningReport>) {
+    let Some(p) = planning else { return };
+    let model = p.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+    if p.cached {
+        eprintln!(
+            "plan from the cache ({}{model}, key {}): no model call",
+            p.backend,
+            &p.cache_key[..12]
+        );
+    } else {
+        eprintln!(
+            "planned by {}{model}: {} call{}, {} tokens in, {} out, ${:.4}",
+            p.backend,
+            p.calls.len(),
+            if p.calls.len() == 1 { "" } else { "s" },
+            p.input_tokens(),
+            p.output_tokens(),
+            p.cost_usd()
+        );
+    }
+}
+
+/// Asks a yes/no question on the terminal; anything but y/yes is no.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::Write;
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    Ok(matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
 async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
     let base = load_config(cli)?;
     let run_dir = {
@@ -193,7 +424,7 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
     if orphans > 0 {
         eprintln!("ended {orphans} process group(s) left running by the interrupted run");
     }
-    let cluster = start_cluster(&cfg, &run_dir).await?;
+    let cluster = start_cluster(&cfg, &run_dir, None).await?;
     let run_id = RunId::parse(run_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default())
         .map_err(|e| {
             usage(format!("`{}` is not a run directory: its name {e}", run_dir.display()), None)
@@ -207,7 +438,7 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
     let ctx = Ctx::run(run_id.clone(), record.trace_id.clone());
     let bus = cluster.bus();
     let events = bus.subscribe(&follow_subject(cli, &run_id)).await?;
-    match submit(&bus, &ctx, RunRequest::Resume {}).await? {
+    match submit(&bus, &ctx, RunRequest::Resume {}, SUBMIT_TIMEOUT).await? {
         RunReply::Resumed { status: RunStatus::Running, tasks } => {
             let done = tasks.values().filter(|s| s.is_terminal()).count();
             let mut progress =
@@ -232,7 +463,7 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
             eprintln!("run {run_id} already finished: {}", status.as_str());
             finish(cluster, &ctx, &log, &run_dir, args.common.json, false).await
         }
-        RunReply::Rejected { problems } => {
+        RunReply::Rejected { problems, .. } => {
             cluster.shutdown().await;
             eprint!("{}", render_problems(&run_dir.join(layout::PLAN), None, &problems));
             Ok(exit::USAGE)
@@ -264,21 +495,32 @@ fn prepare_workspaces(run_dir: &Path, plan: &orchestra_proto::Plan) {
     });
 }
 
-async fn start_cluster(cfg: &ConfigFile, run_dir: &Path) -> anyhow::Result<LocalCluster> {
+async fn start_cluster(
+    cfg: &ConfigFile,
+    run_dir: &Path,
+    planner: Option<orchestra_coordinator::planner::Planner>,
+) -> anyhow::Result<LocalCluster> {
     LocalCluster::start(LocalOptions {
         state_dir: local::state_dir(run_dir),
         runs_dir: cfg.runs_dir.clone(),
         slots: cfg.workers as usize,
         pool: cfg.pool.clone(),
+        planner,
+        claude: crate::llm::claude_tool(cfg),
     })
     .await
     .context("cannot start the in-process coordinator and worker")
 }
 
-async fn submit(bus: &Arc<dyn Bus>, ctx: &Ctx, req: RunRequest) -> anyhow::Result<RunReply> {
+async fn submit(
+    bus: &Arc<dyn Bus>,
+    ctx: &Ctx,
+    req: RunRequest,
+    timeout: Duration,
+) -> anyhow::Result<RunReply> {
     let bytes = codec::encode(&ctx.envelope(Timestamp::now(), req));
     let reply = bus
-        .request(subjects::RUN_SUBMIT, Bytes::from(bytes), Duration::from_secs(60))
+        .request(subjects::RUN_SUBMIT, Bytes::from(bytes), timeout)
         .await
         .context("the coordinator did not answer the run request")?;
     Ok(codec::decode::<RunReply>(&reply).context("the coordinator's reply is not valid")?.body)
@@ -390,11 +632,17 @@ fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
         } else {
             t.depends_on.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(",")
         };
-        let orchestra_proto::Tool::Exec(e) = &t.tool;
-        let cmd = std::iter::once(e.program.as_str())
-            .chain(e.args.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let cmd = match &t.tool {
+            orchestra_proto::Tool::Exec(e) => std::iter::once(e.program.as_str())
+                .chain(e.args.iter().map(String::as_str))
+                .collect::<Vec<_>>()
+                .join(" "),
+            orchestra_proto::Tool::Claude(c) => {
+                let prompt: String = c.prompt.chars().take(60).collect();
+                let more = if c.prompt.chars().count() > 60 { "…" } else { "" };
+                format!("claude: {}{more}", prompt.replace('\n', " "))
+            }
+        };
         let timeout = humantime::format_duration(Duration::from_millis(t.timeout_ms)).to_string();
         println!(
             "{:>3}  {:width$}  {:10}  {:>8}  {:>7}  {cmd}",
@@ -468,6 +716,74 @@ fn config(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<u8> {
             };
             use std::io::Write;
             std::io::stdout().write_all(&report::pretty_json(&schema))?;
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+fn plans(cli: &Cli, cmd: &PlansCommand) -> anyhow::Result<u8> {
+    use orchestra_coordinator::planner::cache::{CacheError, PlanCache};
+    let cfg = load_config(cli)?;
+    let cache = PlanCache::new(&cfg.llm.cache_dir);
+    match cmd {
+        PlansCommand::List { json } => {
+            let plans = cache.list()?;
+            if *json {
+                use std::io::Write;
+                std::io::stdout().write_all(&report::pretty_json(&plans))?;
+                return Ok(exit::SUCCESS);
+            }
+            if plans.is_empty() {
+                println!("no cached plans in {}", cache.dir().display());
+                return Ok(exit::SUCCESS);
+            }
+            println!(
+                "{:12}  {:24}  {:24}  {:>5}  {:>5}  goal",
+                "key", "created", "backend", "tasks", "calls"
+            );
+            for p in &plans {
+                let backend = match &p.model {
+                    Some(m) => format!("{} {m}", p.backend),
+                    None => p.backend.clone(),
+                };
+                let goal: String = p.goal.chars().take(60).collect();
+                println!(
+                    "{:12}  {:24}  {:24}  {:>5}  {:>5}  {}",
+                    &p.key[..12.min(p.key.len())],
+                    p.created_at.rfc3339(),
+                    backend,
+                    p.plan.tasks.len(),
+                    p.calls,
+                    goal.replace('\n', " ")
+                );
+            }
+            Ok(exit::SUCCESS)
+        }
+        PlansCommand::Show { key, json } => {
+            let p = match cache.find(key) {
+                Ok(p) => p,
+                Err(e @ (CacheError::NotFound { .. } | CacheError::Ambiguous { .. })) => {
+                    return Err(usage(
+                        e.to_string(),
+                        Some("`orchestra plans list` shows the keys"),
+                    ));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if *json {
+                use std::io::Write;
+                std::io::stdout().write_all(&report::pretty_json(&p))?;
+                return Ok(exit::SUCCESS);
+            }
+            println!("key:      {}", p.key);
+            println!("created:  {}", p.created_at.rfc3339());
+            println!("goal:     {}", p.goal);
+            let model = p.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
+            println!("made by:  {}{model}, prompt version {}", p.backend, p.prompt_version);
+            println!("cost:     {} call(s), ${:.4}", p.calls, p.cost_usd);
+            println!();
+            let order: Vec<_> = p.plan.tasks.iter().map(|t| t.id.clone()).collect();
+            print_plan(&p.plan, &order);
             Ok(exit::SUCCESS)
         }
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod diagnostic;
 pub mod exit;
+pub mod llm;
 pub mod local;
 pub mod logging;
 pub mod progress;

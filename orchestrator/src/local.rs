@@ -21,6 +21,10 @@ pub struct LocalOptions {
     /// Worker slots.
     pub slots: usize,
     pub pool: String,
+    /// Plans `goal` requests; without one the coordinator rejects them.
+    pub planner: Option<orchestra_coordinator::planner::Planner>,
+    /// How the worker runs `claude` tasks.
+    pub claude: orchestra_worker::ClaudeToolConfig,
 }
 
 /// A coordinator and a worker wired over one in-process bus.
@@ -57,12 +61,15 @@ impl LocalCluster {
         let store = Store::open(&opts.state_dir)?;
         let shutdown = CancellationToken::new();
 
-        let coordinator = Coordinator::new(
+        let mut coordinator = Coordinator::new(
             bus.clone(),
             queue.clone(),
             store.clone(),
             CoordinatorConfig::default(),
         );
+        if let Some(planner) = opts.planner {
+            coordinator = coordinator.with_planner(planner);
+        }
         let coordinator = coordinator.start(shutdown.clone()).await?;
 
         let config = orchestra_worker::service::WorkerConfig {
@@ -74,8 +81,12 @@ impl LocalCluster {
         };
         let token = shutdown.clone();
         let (b, q) = (bus.clone(), queue.clone());
+        let options =
+            orchestra_worker::service::WorkerOptions { claude: opts.claude, ..Default::default() };
         let worker = tokio::spawn(async move {
-            if let Err(e) = orchestra_worker::service::run(b, q, config, token).await {
+            if let Err(e) =
+                orchestra_worker::service::run_with_options(b, q, config, options, token).await
+            {
                 tracing::error!(error = %e, "worker stopped");
             }
         });

@@ -2,7 +2,9 @@
 //!
 //! [`summarize`] is pure: the stored run state in, the summary out.
 
-use orchestra_proto::summary::{AttemptSummary, DurationStats, Summary, TaskSummary, Totals};
+use orchestra_proto::summary::{
+    AttemptSummary, DurationStats, LlmTotals, Summary, TaskSummary, Totals,
+};
 use orchestra_proto::{
     ArtifactRecord, FailureKind, RunRecord, RunStatus, Stream, TaskRecord, TaskStatus, Timestamp,
     layout,
@@ -79,6 +81,7 @@ pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summa
                     failure: a.failure.clone(),
                     stdout: out(Stream::Stdout),
                     stderr: out(Stream::Stderr),
+                    claude: a.claude.clone(),
                 }
             })
             .collect();
@@ -109,9 +112,35 @@ pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summa
         duration_ms: end.since(run.created_at).as_millis() as u64,
         totals,
         tasks: summaries,
+        llm: llm_totals(run, tasks),
         artifacts,
         failures_by_kind,
     }
+}
+
+/// Model use of a run: planning calls from the run record, `claude` attempts from the tasks.
+/// `None` when the run used no model.
+pub fn llm_totals(run: &RunRecord, tasks: &[TaskRecord]) -> Option<LlmTotals> {
+    let mut t = LlmTotals::default();
+    if let Some(p) = &run.planning {
+        t.backend = Some(p.backend.clone());
+        t.model = p.model.clone();
+        t.plan_cached = p.cached;
+        t.planning_calls = p.calls.len() as u32;
+        t.repair_rounds = t.planning_calls.saturating_sub(1);
+        t.planning_latency_ms = p.calls.iter().map(|c| c.latency_ms).sum();
+        t.input_tokens += p.input_tokens();
+        t.output_tokens += p.output_tokens();
+        t.planning_cost_usd = p.cost_usd();
+    }
+    for c in tasks.iter().flat_map(|t| &t.attempts).filter_map(|a| a.claude.as_ref()) {
+        t.claude_attempts += 1;
+        t.input_tokens += c.input_tokens;
+        t.output_tokens += c.output_tokens;
+        t.claude_cost_usd += c.cost_usd;
+    }
+    t.cost_usd = t.planning_cost_usd + t.claude_cost_usd;
+    (run.planning.is_some() || t.claude_attempts > 0).then_some(t)
 }
 
 /// Mean and nearest-rank percentiles.
@@ -200,6 +229,32 @@ pub fn render_markdown(s: &Summary, run_dir: &Path) -> String {
         ms(d.p95),
         ms(d.max)
     );
+    if let Some(l) = &s.llm {
+        let _ = writeln!(md, "\n## Model use\n");
+        let _ = writeln!(
+            md,
+            "| planning | calls | repair rounds | claude attempts | tokens in | tokens out | cost |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
+        let planning = match (&l.backend, &l.model) {
+            (Some(b), _) if l.plan_cached => format!("{b} (plan from cache)"),
+            (Some(b), Some(m)) => format!("{b} `{m}`"),
+            (Some(b), None) => b.clone(),
+            (None, _) => "explicit tasks".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {planning} | {} | {} | {} | {} | {} | ${:.4} (planning ${:.4}, claude ${:.4}) |",
+            l.planning_calls,
+            l.repair_rounds,
+            l.claude_attempts,
+            l.input_tokens,
+            l.output_tokens,
+            l.cost_usd,
+            l.planning_cost_usd,
+            l.claude_cost_usd
+        );
+    }
     let _ = writeln!(md, "\n## Tasks\n");
     let _ = writeln!(md, "| task | status | attempts | duration | exit | note |");
     let _ = writeln!(md, "|---|---|---|---|---|---|");
@@ -270,6 +325,63 @@ pub fn render_markdown(s: &Summary, run_dir: &Path) -> String {
     md
 }
 
+/// The plan's DAG as a Mermaid flowchart; with statuses, nodes are coloured by them.
+pub fn plan_mermaid(
+    plan: &orchestra_proto::Plan,
+    statuses: Option<&BTreeMap<orchestra_proto::TaskId, TaskStatus>>,
+) -> String {
+    let index: BTreeMap<_, _> = plan.tasks.iter().enumerate().map(|(i, t)| (&t.id, i)).collect();
+    let mut out = String::from("flowchart LR\n");
+    for (i, t) in plan.tasks.iter().enumerate() {
+        let tool = match &t.tool {
+            orchestra_proto::Tool::Exec(e) => e.program.clone(),
+            orchestra_proto::Tool::Claude(_) => "claude".to_owned(),
+        };
+        let label = format!("{}<br/><small>{}</small>", t.id, mermaid_escape(&tool));
+        let _ = writeln!(out, "  t{i}[\"{label}\"]");
+    }
+    for (i, t) in plan.tasks.iter().enumerate() {
+        for d in &t.depends_on {
+            if let Some(j) = index.get(d) {
+                let _ = writeln!(out, "  t{j} --> t{i}");
+            }
+        }
+    }
+    if let Some(statuses) = statuses {
+        for (class, fill) in [
+            ("succeeded", "#d4f7d4"),
+            ("failed", "#f7d4d4"),
+            ("skipped", "#eeeeee"),
+            ("cancelled", "#f7ecd4"),
+            ("pending", "#ffffff"),
+        ] {
+            let _ = writeln!(out, "  classDef {class} fill:{fill},stroke:#555");
+        }
+        for (i, t) in plan.tasks.iter().enumerate() {
+            let class = match statuses.get(&t.id) {
+                Some(TaskStatus::Succeeded) => "succeeded",
+                Some(TaskStatus::Failed) => "failed",
+                Some(TaskStatus::Skipped) => "skipped",
+                Some(TaskStatus::Cancelled) => "cancelled",
+                _ => "pending",
+            };
+            let _ = writeln!(out, "  class t{i} {class}");
+        }
+    }
+    out
+}
+
+fn mermaid_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '"' => "#quot;".to_owned(),
+            '<' => "#lt;".to_owned(),
+            '>' => "#gt;".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Writes `summary.json`, `artifacts.json` and `report.md` into the run directory.
 pub fn write_all(run_dir: &Path, s: &Summary) -> std::io::Result<()> {
     std::fs::write(run_dir.join(layout::SUMMARY), pretty_json(s))?;
@@ -306,6 +418,7 @@ mod tests {
             signal: None,
             succeeded: failure.is_none(),
             failure,
+            claude: None,
         }
     }
 
@@ -338,10 +451,33 @@ mod tests {
                 output_cap_bytes: 1024,
                 kill_grace_ms: 100,
                 max_tasks: 10,
+                max_llm_calls: 4,
+                max_cost_usd: Some(1.0),
             },
             created_at: at(0),
             finished_at: Some(at(2500)),
             seed: 1,
+            planning: Some(orchestra_proto::PlanningReport {
+                backend: "claude-code".into(),
+                model: Some("sonnet".into()),
+                prompt_version: "0123456789ab".into(),
+                cache_key: "ab".repeat(32),
+                cached: false,
+                calls: (1..=2)
+                    .map(|round| orchestra_proto::LlmCall {
+                        round,
+                        started_at: at(0),
+                        latency_ms: 700,
+                        input_tokens: 2000,
+                        output_tokens: 300,
+                        cost_usd: 0.0125,
+                        cost_reported: true,
+                        request: "Goal: ship it".into(),
+                        answer: "{}".into(),
+                        outcome: orchestra_proto::CallOutcome::Accepted {},
+                    })
+                    .collect(),
+            }),
         };
         let exit = |code| {
             Failure::new(FailureKind::ExitCode, format!("`make` exited with code {code}"))

@@ -6,21 +6,26 @@
 //! checks that need the whole graph (duplicate ids, unknown dependencies, cycles) belong to L2.
 //!
 //! Resolution is pure: [`ScenarioFile::to_plan`] fills every [`TaskSpec`] from the task, the
-//! scenario's `defaults` and the config, in that order of precedence.
+//! scenario's `defaults` and the config, in that order of precedence. A scenario with a `goal`
+//! and no `tasks` is planned by L2's model instead: [`ScenarioFile::goal_request`] reads its
+//! `context` files (the one I/O step here besides loading) and resolves the same defaults.
 
 // A `Diagnostic` is large, but at most one is made per process and callers match on the type.
 #![allow(clippy::result_large_err)]
 
 use crate::diagnostic::{Diagnostic, backticked, did_you_mean, split_expected};
+use orchestra_proto::llm::{ClaudeSpec, ContextFile, GoalRequest, TaskDefaults, ToolRules};
 use orchestra_proto::{
     Backoff, ExecSpec, Plan, RetryPolicy, RunOptions, TaskId, TaskSpec, Tool, ids::IdError,
 };
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,33 +33,67 @@ use std::time::Duration;
 pub const DEFAULT_CONFIG_YAML: &str = include_str!("default-config.yaml");
 
 /// Tool keys a task may use today.
-pub const TOOLS: &[&str] = &["exec"];
+pub const TOOLS: &[&str] = &["exec", "claude"];
 /// Tool keys that are recognised but not available yet.
-const RESERVED_TOOLS: &[&str] = &["shell", "claude", "http"];
+const RESERVED_TOOLS: &[&str] = &["shell", "http"];
 
 const DURATION_EXPECTED: &str = "a duration such as `30s` or `2m`";
 const SIZE_EXPECTED: &str = "a size such as `1048576` (bytes), `512KiB`, `1MiB` or `10MB`";
 const PERCENT_EXPECTED: &str = "a percentage from 0 to 100 such as `20%` or `20`";
 const ID_EXPECTED: &str = "1 to 64 letters, digits, `_` or `-`";
+const USD_EXPECTED: &str = "an amount in USD such as `0.50`";
+const ENV_NAME_EXPECTED: &str = "a non-empty name without `=`, such as `RUST_LOG`";
 
 // ---------------------------------------------------------------------------------------------
 // Scenario file
 
-/// A scenario: what to run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, expecting = "a scenario: a mapping with `name` and `tasks`")]
+/// A scenario: what to run. Either explicit `tasks`, or a `goal` that a model plans (with
+/// both, the tasks are run and the goal describes them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a scenario: a mapping with `name` and `tasks` or a `goal`"
+)]
 pub struct ScenarioFile {
     /// Name of the scenario: 1 to 64 letters, digits, `_` or `-`.
     pub name: String,
-    /// What the scenario is for, in words.
+    /// What the scenario is for, in words. Without `tasks`, the model makes a plan for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goal: Option<String>,
-    /// Values for every task that does not set its own.
+    /// Files given to the model with the `goal`, relative to the scenario file's directory.
+    /// Only with a `goal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
+    /// Values for every task that does not set its own (planned tasks included).
     #[serde(default)]
     pub defaults: DefaultsFile,
     /// The tasks; each names exactly one tool.
     #[serde(default)]
     pub tasks: Vec<TaskFile>,
+    /// Where the scenario was read from, for errors found after loading.
+    #[serde(skip)]
+    #[schemars(skip)]
+    source: Option<Source>,
+}
+
+/// The file and text a scenario was loaded from. Not part of the scenario's value: it never
+/// makes two scenarios different.
+#[derive(Clone)]
+struct Source {
+    file: PathBuf,
+    text: String,
+}
+
+impl PartialEq for Source {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Source({})", self.file.display())
+    }
 }
 
 /// Task settings shared by every task of a scenario.
@@ -107,7 +146,7 @@ impl BackoffFile {
 }
 
 /// One task of a scenario.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(
     deny_unknown_fields,
     expecting = "a task: a mapping such as `{ id: greet, exec: { program: echo } }`"
@@ -121,13 +160,13 @@ pub struct TaskFile {
     /// Tool: run a program with arguments, directly (no shell).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecFile>,
+    /// Tool: a Claude Code sub-agent working in the task's workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude: Option<ClaudeFile>,
     // Tools that are not available yet, parsed so that the error can say so.
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     shell: Option<serde_yaml::Value>,
-    #[serde(default, skip_serializing)]
-    #[schemars(skip)]
-    claude: Option<serde_yaml::Value>,
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     http: Option<serde_yaml::Value>,
@@ -170,6 +209,63 @@ pub struct ExecFile {
     pub args: Vec<String>,
 }
 
+/// The `claude` tool: a Claude Code sub-agent with a prompt, working in the task's workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a claude tool: a mapping such as `{ prompt: \"write hello.txt\", allowed_tools: [Write] }`"
+)]
+pub struct ClaudeFile {
+    /// What the agent is asked to do.
+    pub prompt: String,
+    /// Claude tools the agent may use without asking, such as `Write` or `Bash(cat:*)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_tools: Vec<String>,
+    /// How the agent handles permission requests (Claude Code's `--permission-mode`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<PermissionMode>,
+    /// Most agent turns, at least 1; unset means the CLI's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// Most money the agent may spend, in USD, greater than zero.
+    #[serde(default, deserialize_with = "opt_usd", skip_serializing_if = "Option::is_none")]
+    pub max_budget: Option<f64>,
+    /// Model, such as `sonnet`; unset means the CLI's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// A Claude Code permission mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PermissionMode {
+    /// Read-only tools run; anything else not in `allowed_tools` is refused (no one is asked).
+    Default,
+    /// File edits inside the workspace are accepted without asking.
+    AcceptEdits,
+    /// Claude Code's `auto` mode.
+    Auto,
+    /// Refuse every tool that is not allowed, without asking.
+    DontAsk,
+    /// Plan only, change nothing.
+    Plan,
+    /// Every tool runs without asking. The CLI refuses this mode as root.
+    BypassPermissions,
+}
+
+impl PermissionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PermissionMode::Default => "default",
+            PermissionMode::AcceptEdits => "acceptEdits",
+            PermissionMode::Auto => "auto",
+            PermissionMode::DontAsk => "dontAsk",
+            PermissionMode::Plan => "plan",
+            PermissionMode::BypassPermissions => "bypassPermissions",
+        }
+    }
+}
+
 impl TaskFile {
     /// The tool keys present in this task, in declaration order.
     fn tool_keys(&self) -> Vec<&'static str> {
@@ -183,15 +279,34 @@ impl TaskFile {
         .filter_map(|(key, present)| present.then_some(key))
         .collect()
     }
+
+    /// The task's tool. A task without one (possible only for a value not loaded from a file)
+    /// gets an `exec` of an empty program, which cannot run.
+    fn tool(&self) -> Tool {
+        if let Some(c) = &self.claude
+            && self.exec.is_none()
+        {
+            return Tool::Claude(ClaudeSpec {
+                prompt: c.prompt.clone(),
+                allowed_tools: c.allowed_tools.clone(),
+                permission_mode: c.permission_mode.map(|m| m.as_str().to_owned()),
+                max_turns: c.max_turns,
+                max_budget_usd: c.max_budget,
+                model: c.model.clone(),
+            });
+        }
+        let exec = self.exec.clone().unwrap_or(ExecFile { program: String::new(), args: vec![] });
+        Tool::Exec(ExecSpec { program: exec.program, args: exec.args })
+    }
 }
 
 impl ScenarioFile {
     /// The fully specified plan: per-task values override `defaults`, which override the
-    /// config's `limits.default_timeout` and the built-in backoff.
+    /// config's `limits.default_timeout` and the built-in backoff. A goal scenario without
+    /// tasks gives a plan without tasks: ask for [`Self::goal_request`] instead.
     ///
     /// Ids are not re-checked; a file from [`load_scenario`] or [`load_scenario_str`] has valid
-    /// ids and exactly one tool per task. A task without a tool (possible only for a value built
-    /// otherwise) gets an `exec` of an empty program, which cannot run.
+    /// ids and exactly one tool per task.
     pub fn to_plan(&self, cfg: &ConfigFile) -> Plan {
         Plan {
             name: self.name.clone(),
@@ -200,55 +315,168 @@ impl ScenarioFile {
         }
     }
 
-    fn task_spec(&self, t: &TaskFile, cfg: &ConfigFile) -> TaskSpec {
-        let d = &self.defaults;
-        let mut env = d.env.clone();
-        env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let builtin = Backoff::default();
-        let (b, db) = (&t.backoff, &d.backoff);
-        let backoff = Backoff {
-            initial_ms: b
-                .initial
-                .or(db.initial)
-                .map_or(builtin.initial_ms, HumanDuration::as_millis),
-            multiplier: b.multiplier.or(db.multiplier).unwrap_or(builtin.multiplier),
-            max_ms: b.max.or(db.max).map_or(builtin.max_ms, HumanDuration::as_millis),
-            jitter_pct: b.jitter.or(db.jitter).map_or(builtin.jitter_pct, |p| p.0),
+    /// True when the plan must come from the model: a goal and no tasks.
+    pub fn is_goal(&self) -> bool {
+        self.tasks.is_empty() && self.goal.is_some()
+    }
+
+    /// The request for L2's model to plan the `goal`: the `context` files read from `base_dir`
+    /// (the scenario file's directory) and bounded by `llm.context`, the tools of `planning`,
+    /// and the defaults a task without values of its own gets in [`Self::to_plan`].
+    /// `policy_summary` is empty and `no_cache` false; the caller sets them.
+    ///
+    /// Fails when the scenario has no goal or a context file cannot be read; the error points
+    /// at `context[i]` in the scenario file.
+    pub fn goal_request(
+        &self,
+        cfg: &ConfigFile,
+        base_dir: &Path,
+    ) -> Result<GoalRequest, Diagnostic> {
+        let Some(goal) = self.goal.clone() else {
+            return Err(self.diagnostic(
+                "invalid scenario",
+                Problem::value(
+                    FieldPath::default().key("goal"),
+                    "the scenario has no goal to plan",
+                )
+                .expected("a `goal`: what the model should make a plan for"),
+            ));
         };
-        let exec = t.exec.clone().unwrap_or(ExecFile { program: String::new(), args: Vec::new() });
+        let size = |b: ByteSize| usize::try_from(b.0).unwrap_or(usize::MAX);
+        let max_file = size(cfg.llm.context.max_file_bytes);
+        let mut left = size(cfg.llm.context.max_total_bytes);
+        let mut context = Vec::with_capacity(self.context.len());
+        for (i, rel) in self.context.iter().enumerate() {
+            let path = base_dir.join(rel);
+            let keep = max_file.min(left);
+            let read = read_prefix(&path, keep).map_err(|why| {
+                self.diagnostic(
+                    "failed to read the context of scenario",
+                    context_problem(i, &path, base_dir, why),
+                )
+            })?;
+            let text = cut_utf8(&read.prefix, keep).ok_or_else(|| {
+                self.diagnostic(
+                    "failed to read the context of scenario",
+                    Problem::value(
+                        FieldPath::default().key("context").index(i),
+                        format!("`{}` is not UTF-8 text", path.display()),
+                    )
+                    .expected("a text file"),
+                )
+            })?;
+            left -= text.len();
+            context.push(ContextFile {
+                path: rel.clone(),
+                sha256: read.sha256,
+                truncated: read.len > text.len() as u64,
+                text: text.to_owned(),
+            });
+        }
+        let none = BackoffFile::default();
+        Ok(GoalRequest {
+            name: self.name.clone(),
+            goal,
+            context,
+            tools: ToolRules {
+                tools: cfg.planning.tools.iter().map(|t| t.as_str().to_owned()).collect(),
+                programs: cfg.planning.programs.clone(),
+            },
+            defaults: TaskDefaults {
+                timeout_ms: self.timeout_ms(None, cfg),
+                retry: self.retry(None, None, &none),
+            },
+            policy_summary: String::new(),
+            no_cache: false,
+        })
+    }
+
+    fn task_spec(&self, t: &TaskFile, cfg: &ConfigFile) -> TaskSpec {
+        let mut env = self.defaults.env.clone();
+        env.extend(t.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         TaskSpec {
             id: TaskId::new_unchecked(&t.id),
             description: t.description.clone(),
-            tool: Tool::Exec(ExecSpec { program: exec.program, args: exec.args }),
+            tool: t.tool(),
             depends_on: t.depends_on.iter().map(TaskId::new_unchecked).collect(),
             env,
-            timeout_ms: t.timeout.or(d.timeout).unwrap_or(cfg.limits.default_timeout).as_millis(),
-            retry: RetryPolicy {
-                max_retries: t.retries.unwrap_or(d.retries),
-                retry_on_exit_codes: t
-                    .retry_on_exit_codes
-                    .clone()
-                    .unwrap_or_else(|| d.retry_on_exit_codes.clone()),
-                backoff,
-            },
+            timeout_ms: self.timeout_ms(t.timeout, cfg),
+            retry: self.retry(t.retries, t.retry_on_exit_codes.as_ref(), &t.backoff),
             outputs: t.outputs.clone(),
+        }
+    }
+
+    /// A task's timeout: its own, else `defaults.timeout`, else `limits.default_timeout`.
+    fn timeout_ms(&self, own: Option<HumanDuration>, cfg: &ConfigFile) -> u64 {
+        own.or(self.defaults.timeout).unwrap_or(cfg.limits.default_timeout).as_millis()
+    }
+
+    /// A task's retry policy: each of its own values, else `defaults`, else the built-in.
+    fn retry(
+        &self,
+        retries: Option<u32>,
+        codes: Option<&Vec<i32>>,
+        b: &BackoffFile,
+    ) -> RetryPolicy {
+        let d = &self.defaults;
+        let db = &d.backoff;
+        let builtin = Backoff::default();
+        RetryPolicy {
+            max_retries: retries.unwrap_or(d.retries),
+            retry_on_exit_codes: codes.unwrap_or(&d.retry_on_exit_codes).clone(),
+            backoff: Backoff {
+                initial_ms: b
+                    .initial
+                    .or(db.initial)
+                    .map_or(builtin.initial_ms, HumanDuration::as_millis),
+                multiplier: b.multiplier.or(db.multiplier).unwrap_or(builtin.multiplier),
+                max_ms: b.max.or(db.max).map_or(builtin.max_ms, HumanDuration::as_millis),
+                jitter_pct: b.jitter.or(db.jitter).map_or(builtin.jitter_pct, |p| p.0),
+            },
+        }
+    }
+
+    /// A diagnostic about this scenario, located in its file when it was loaded from one.
+    fn diagnostic(&self, title: &str, p: Problem) -> Diagnostic {
+        match &self.source {
+            Some(source) => problem_diagnostic(title, &source.file, &source.text, p),
+            None => Diagnostic {
+                path: Some(p.path.to_string()),
+                expected: p.expected,
+                hint: p.hint,
+                ..Diagnostic::new(title, p.message)
+            },
         }
     }
 
     fn check(&self) -> Result<(), Problem> {
         let root = FieldPath::default();
         check_token(&root.key("name"), "scenario name", &self.name)?;
-        if self.tasks.is_empty() {
-            let problem = Problem::value(root.key("tasks"), "the scenario has no tasks")
-                .expected("a list of tasks such as `[{ id: greet, exec: { program: echo } }]`");
-            return Err(if self.goal.is_some() {
-                problem.hint(
-                    "planning a goal with an LLM is not available yet in this version: \
-                     write the tasks explicitly",
-                )
-            } else {
-                problem
-            });
+        if let Some(goal) = &self.goal
+            && goal.trim().is_empty()
+            && self.tasks.is_empty()
+        {
+            return Err(Problem::value(root.key("goal"), "the goal is empty")
+                .expected("what the model should make a plan for, in words"));
+        }
+        if self.tasks.is_empty() && self.goal.is_none() {
+            return Err(Problem::value(
+                root.key("tasks"),
+                "the scenario has neither tasks nor a goal",
+            )
+            .expected("a list of tasks such as `[{ id: greet, exec: { program: echo } }]`")
+            .hint("give the tasks to run, or a `goal` for the model to make a plan for"));
+        }
+        if !self.context.is_empty() && self.goal.is_none() {
+            return Err(Problem::key(root.key("context"), "`context` is given without a goal")
+                .expected("`context` only together with a `goal`")
+                .hint("context files are shown to the model that plans the goal: add a `goal`, or remove `context`"));
+        }
+        for (i, path) in self.context.iter().enumerate() {
+            if path.trim().is_empty() {
+                return Err(Problem::value(root.key("context").index(i), "the path is empty")
+                    .expected("a file path relative to the scenario file, such as `README.md`"));
+            }
         }
         let defaults = root.key("defaults");
         check_timeout(&defaults.key("timeout"), self.defaults.timeout)?;
@@ -258,6 +486,75 @@ impl ScenarioFile {
             check_task(&root.key("tasks").index(i), task)?;
         }
         Ok(())
+    }
+}
+
+/// The start of a file and the digest of all of it.
+struct Prefix {
+    /// Up to `keep` bytes, plus up to 3 more so that a character cut at `keep` can be told from
+    /// bytes that are not UTF-8.
+    prefix: Vec<u8>,
+    /// SHA-256 hex of the whole file.
+    sha256: String,
+    /// Size of the whole file.
+    len: u64,
+}
+
+/// Reads the first `keep` bytes of `path` (and a little more) and hashes the whole file.
+fn read_prefix(path: &Path, keep: usize) -> std::io::Result<Prefix> {
+    let mut file = std::fs::File::open(path)?;
+    let want = keep.saturating_add(3);
+    let mut hasher = Sha256::new();
+    let mut prefix = Vec::new();
+    let mut len = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        len += n as u64;
+        let room = want.saturating_sub(prefix.len());
+        prefix.extend_from_slice(&chunk[..room.min(n)]);
+    }
+    Ok(Prefix { prefix, sha256: hex::encode(hasher.finalize()), len })
+}
+
+/// The longest text of at most `keep` bytes at the start of `bytes`, cut on a character
+/// boundary. `None` when `bytes` is not UTF-8 (an incomplete character at the very end of
+/// `bytes` is not held against it: `bytes` may itself be cut).
+fn cut_utf8(bytes: &[u8], keep: usize) -> Option<&str> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(err) if err.error_len().is_none() => {
+            // `bytes` ends inside a character: the valid part is all there is.
+            std::str::from_utf8(&bytes[..err.valid_up_to()]).ok()?
+        }
+        Err(_) => return None,
+    };
+    let mut end = keep.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(&text[..end])
+}
+
+fn context_problem(i: usize, path: &Path, base_dir: &Path, err: std::io::Error) -> Problem {
+    let problem = Problem::value(
+        FieldPath::default().key("context").index(i),
+        format!("cannot read `{}`: {err}", path.display()),
+    );
+    match err.kind() {
+        std::io::ErrorKind::NotFound => problem.hint(format!(
+            "context paths are relative to the scenario file's directory (`{}`)",
+            base_dir.display()
+        )),
+        std::io::ErrorKind::IsADirectory => problem.hint("name files, not directories"),
+        _ => problem,
     }
 }
 
@@ -277,7 +574,7 @@ fn check_task(at: &FieldPath, task: &TaskFile) -> Result<(), Problem> {
                 at.key(tool),
                 format!("the `{tool}` tool is not available yet"),
             )
-            .expected(format!("one of {}", one_of(TOOLS))));
+            .expected(one_of(TOOLS)));
         }
         [_] => {}
         [first, second, ..] => {
@@ -295,6 +592,9 @@ fn check_task(at: &FieldPath, task: &TaskFile) -> Result<(), Problem> {
         return Err(Problem::value(at.key("exec").key("program"), "the program is empty")
             .expected("a program name or path such as `echo` or `./build.sh`"));
     }
+    if let Some(claude) = &task.claude {
+        check_claude(&at.key("claude"), claude)?;
+    }
     for (j, dep) in task.depends_on.iter().enumerate() {
         if let Err(err) = TaskId::parse(dep) {
             return Err(id_problem(at.key("depends_on").index(j), "task id", dep, &err));
@@ -303,6 +603,41 @@ fn check_task(at: &FieldPath, task: &TaskFile) -> Result<(), Problem> {
     check_timeout(&at.key("timeout"), task.timeout)?;
     check_backoff(&at.key("backoff"), &task.backoff)?;
     check_env(&at.key("env"), &task.env)
+}
+
+fn check_claude(at: &FieldPath, c: &ClaudeFile) -> Result<(), Problem> {
+    if c.prompt.trim().is_empty() {
+        return Err(Problem::value(at.key("prompt"), "the prompt is empty")
+            .expected("what the agent should do, such as `write a haiku to haiku.txt`"));
+    }
+    for (i, tool) in c.allowed_tools.iter().enumerate() {
+        if tool.trim().is_empty() {
+            return Err(Problem::value(at.key("allowed_tools").index(i), "the tool name is empty")
+                .expected("a Claude Code tool such as `Write`, `Read` or `Bash(cat:*)`"));
+        }
+    }
+    if c.max_turns == Some(0) {
+        return Err(Problem::value(at.key("max_turns"), "the turn limit is 0")
+            .expected("a whole number of at least 1"));
+    }
+    if let Some(budget) = c.max_budget {
+        check_money(&at.key("max_budget"), "the budget", budget)?;
+    }
+    Ok(())
+}
+
+/// An amount of USD that must be greater than zero.
+fn check_money(at: &FieldPath, what: &str, usd: f64) -> Result<(), Problem> {
+    let why = if usd.is_nan() || usd.is_infinite() {
+        format!("{what} is not a finite number")
+    } else if usd < 0.0 {
+        format!("{what} is negative ({usd})")
+    } else if usd == 0.0 {
+        format!("{what} is 0")
+    } else {
+        return Ok(());
+    };
+    Err(Problem::value(at.clone(), why).expected(format!("{USD_EXPECTED}, greater than zero")))
 }
 
 fn check_token(at: &FieldPath, what: &str, value: &str) -> Result<(), Problem> {
@@ -341,13 +676,20 @@ fn check_backoff(at: &FieldPath, b: &BackoffFile) -> Result<(), Problem> {
 
 fn check_env(at: &FieldPath, env: &BTreeMap<String, String>) -> Result<(), Problem> {
     for name in env.keys() {
-        if name.is_empty() || name.contains(['=', '\0']) {
-            return Err(Problem::key(
-                at.key(name),
-                format!("invalid environment variable name `{name}`"),
-            )
-            .expected("a non-empty name without `=`, such as `RUST_LOG`"));
-        }
+        check_env_name(&at.key(name), true, name)?;
+    }
+    Ok(())
+}
+
+fn check_env_name(at: &FieldPath, at_key: bool, name: &str) -> Result<(), Problem> {
+    if name.is_empty() || name.contains(['=', '\0']) {
+        let message = format!("invalid environment variable name `{name}`");
+        let p = if at_key {
+            Problem::key(at.clone(), message)
+        } else {
+            Problem::value(at.clone(), message)
+        };
+        return Err(p.expected(ENV_NAME_EXPECTED));
     }
     Ok(())
 }
@@ -356,7 +698,7 @@ fn check_env(at: &FieldPath, env: &BTreeMap<String, String>) -> Result<(), Probl
 // Config file
 
 /// The config file (`orchestra.yaml`): how scenarios are run on this machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, expecting = "a config: a mapping such as `{ workers: 2 }`")]
 pub struct ConfigFile {
     /// Directory in which each run gets its own directory.
@@ -370,10 +712,16 @@ pub struct ConfigFile {
     pub limits: LimitsFile,
     /// Console logging.
     pub logging: LoggingFile,
+    /// The model that plans a scenario's `goal`.
+    pub llm: LlmFile,
+    /// What a planned task may use.
+    pub planning: PlanningFile,
+    /// The `claude` tool in the workers.
+    pub claude_tool: ClaudeToolFile,
 }
 
 /// Limits of every run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default, expecting = "a mapping of limits")]
 pub struct LimitsFile {
     /// Largest number of tasks a plan may have.
@@ -387,6 +735,12 @@ pub struct LimitsFile {
     /// Cap on attempts in flight at once (queued for a worker or running); unset means
     /// `2 × workers`, so that a worker never waits for the coordinator between two tasks.
     pub max_parallel: Option<u32>,
+    /// Model calls for planning one run, repair rounds included. At least 1.
+    pub max_llm_calls: u32,
+    /// Money one run may spend on models (planning and `claude` tasks), in USD; unset means
+    /// no cap.
+    #[serde(deserialize_with = "opt_usd")]
+    pub max_cost_usd: Option<f64>,
 }
 
 /// Console logging.
@@ -448,6 +802,185 @@ pub enum LogFormat {
     Json,
 }
 
+/// The model that plans a scenario's `goal`, and how it is asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of LLM settings")]
+pub struct LlmFile {
+    /// Which backend asks the model.
+    pub backend: LlmBackend,
+    /// Model name; unset means the backend's default.
+    pub model: Option<String>,
+    /// Times an invalid plan is sent back to the model with its problems before giving up.
+    pub max_repair_rounds: u32,
+    /// Time limit of one model call, the backend's own retries included.
+    pub call_timeout: HumanDuration,
+    /// Most tokens the model may answer with, at least 1.
+    pub max_tokens: u32,
+    /// Directory of prompt templates that override the built-in ones (same file names);
+    /// relative to the current directory.
+    #[serde(serialize_with = "lossy_opt_path")]
+    pub prompts_dir: Option<PathBuf>,
+    /// Directory of the plan cache; relative to the current directory.
+    #[serde(serialize_with = "lossy_path")]
+    pub cache_dir: PathBuf,
+    /// How much of the scenario's `context` files the model is given.
+    pub context: ContextFileLimits,
+    /// Prices per model name, for backends that do not report the cost of a call.
+    pub prices: BTreeMap<String, PriceFile>,
+    /// The `claude-code` backend.
+    pub claude_code: ClaudeCodeFile,
+    /// The `anthropic` backend.
+    pub anthropic: AnthropicFile,
+    /// The `openai` backend.
+    pub openai: OpenAiFile,
+    /// The `scripted` backend.
+    pub scripted: ScriptedFile,
+}
+
+/// An LLM backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum LlmBackend {
+    /// The Claude Code CLI in headless mode.
+    #[default]
+    ClaudeCode,
+    /// The Anthropic Messages API over HTTP.
+    Anthropic,
+    /// Any OpenAI-compatible chat endpoint (Ollama, vLLM, llama.cpp, …).
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Recorded answers, replayed (tests, demos, offline eval).
+    Scripted,
+}
+
+impl LlmBackend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LlmBackend::ClaudeCode => "claude-code",
+            LlmBackend::Anthropic => "anthropic",
+            LlmBackend::OpenAi => "openai",
+            LlmBackend::Scripted => "scripted",
+        }
+    }
+}
+
+/// Bounds on the `context` files given to the model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping such as `{ max_file_bytes: 64KiB }`")]
+pub struct ContextFileLimits {
+    /// Bytes of one file; the rest is cut off (the file is marked truncated).
+    pub max_file_bytes: ByteSize,
+    /// Bytes of all files together; later files are cut or left empty.
+    pub max_total_bytes: ByteSize,
+}
+
+/// The price of a model, in USD per million tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a price such as `{ input_per_mtok: 3.0, output_per_mtok: 15.0 }`"
+)]
+pub struct PriceFile {
+    /// USD per million input tokens.
+    #[serde(deserialize_with = "usd")]
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    #[serde(deserialize_with = "usd")]
+    pub output_per_mtok: f64,
+}
+
+/// The `claude-code` backend: the Claude Code CLI, asked for structured output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of claude-code settings")]
+pub struct ClaudeCodeFile {
+    /// The CLI: a program name (looked up in `PATH`) or path.
+    pub program: String,
+    /// Agent turns of one planning call, at least 1.
+    pub max_turns: u32,
+    /// Retries of a failed API request inside the CLI.
+    pub max_retries: u32,
+    /// Time limit of one API request inside the CLI.
+    pub api_timeout: HumanDuration,
+}
+
+/// The `anthropic` backend: the Messages API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of anthropic settings")]
+pub struct AnthropicFile {
+    /// Base URL of the API, `http://` or `https://`.
+    pub base_url: String,
+    /// Environment variable that holds the API key.
+    pub api_key_env: String,
+    /// Retries of a request that failed transiently (429, 5xx).
+    pub max_retries: u32,
+}
+
+/// The `openai` backend: an OpenAI-compatible chat completions endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of openai settings")]
+pub struct OpenAiFile {
+    /// Base URL of the API (the part before `/chat/completions`), `http://` or `https://`.
+    pub base_url: String,
+    /// Environment variable that holds the API key; no key is sent when it is unset.
+    pub api_key_env: String,
+    /// Retries of a request that failed transiently (429, 5xx).
+    pub max_retries: u32,
+}
+
+/// The `scripted` backend: answers recorded earlier, replayed in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping such as `{ dir: fixtures/plans }`")]
+pub struct ScriptedFile {
+    /// Directory of the recorded answers; relative to the current directory.
+    #[serde(serialize_with = "lossy_opt_path")]
+    pub dir: Option<PathBuf>,
+}
+
+/// What a task planned by the model may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping such as `{ tools: [exec] }`")]
+pub struct PlanningFile {
+    /// Tools a planned task may use.
+    pub tools: Vec<ToolKind>,
+    /// Programs a planned `exec` task may run; empty means any.
+    pub programs: Vec<String>,
+}
+
+/// A kind of tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ToolKind {
+    /// A program with arguments, run directly.
+    Exec,
+    /// A Claude Code sub-agent.
+    Claude,
+}
+
+impl ToolKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolKind::Exec => "exec",
+            ToolKind::Claude => "claude",
+        }
+    }
+}
+
+/// The `claude` tool: how workers run Claude Code sub-agents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default, expecting = "a mapping of claude tool settings")]
+pub struct ClaudeToolFile {
+    /// The CLI: a program name (looked up in `PATH`) or path.
+    pub program: String,
+    /// Retries of a failed API request inside the CLI.
+    pub max_retries: u32,
+    /// Time limit of one API request inside the CLI.
+    pub api_timeout: HumanDuration,
+    /// Allow `permission_mode: bypassPermissions` when the worker runs as root.
+    pub allow_bypass_as_root: bool,
+    /// Environment variables passed from the worker's environment to the CLI.
+    pub env: Vec<String>,
+}
+
 impl Default for ConfigFile {
     fn default() -> Self {
         Self {
@@ -456,6 +989,9 @@ impl Default for ConfigFile {
             pool: "default".to_owned(),
             limits: LimitsFile::default(),
             logging: LoggingFile::default(),
+            llm: LlmFile::default(),
+            planning: PlanningFile::default(),
+            claude_tool: ClaudeToolFile::default(),
         }
     }
 }
@@ -468,13 +1004,93 @@ impl Default for LimitsFile {
             kill_grace: HumanDuration::from_secs(2),
             default_timeout: HumanDuration::from_secs(600),
             max_parallel: None,
+            max_llm_calls: RunOptions::DEFAULT_MAX_LLM_CALLS,
+            max_cost_usd: None,
+        }
+    }
+}
+
+impl Default for LlmFile {
+    fn default() -> Self {
+        Self {
+            backend: LlmBackend::default(),
+            model: None,
+            max_repair_rounds: 2,
+            call_timeout: HumanDuration::from_secs(300),
+            max_tokens: 8192,
+            prompts_dir: None,
+            cache_dir: PathBuf::from(".orchestra/plan-cache"),
+            context: ContextFileLimits::default(),
+            prices: BTreeMap::new(),
+            claude_code: ClaudeCodeFile::default(),
+            anthropic: AnthropicFile::default(),
+            openai: OpenAiFile::default(),
+            scripted: ScriptedFile::default(),
+        }
+    }
+}
+
+impl Default for ContextFileLimits {
+    fn default() -> Self {
+        Self { max_file_bytes: ByteSize(64 << 10), max_total_bytes: ByteSize(256 << 10) }
+    }
+}
+
+impl Default for ClaudeCodeFile {
+    fn default() -> Self {
+        Self {
+            program: "claude".to_owned(),
+            max_turns: 3,
+            max_retries: 2,
+            api_timeout: HumanDuration::from_secs(120),
+        }
+    }
+}
+
+impl Default for AnthropicFile {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.anthropic.com".to_owned(),
+            api_key_env: "ANTHROPIC_API_KEY".to_owned(),
+            max_retries: 3,
+        }
+    }
+}
+
+impl Default for OpenAiFile {
+    fn default() -> Self {
+        Self {
+            base_url: "http://localhost:11434/v1".to_owned(),
+            api_key_env: "OPENAI_API_KEY".to_owned(),
+            max_retries: 3,
+        }
+    }
+}
+
+impl Default for PlanningFile {
+    fn default() -> Self {
+        Self { tools: vec![ToolKind::Exec, ToolKind::Claude], programs: Vec::new() }
+    }
+}
+
+impl Default for ClaudeToolFile {
+    fn default() -> Self {
+        Self {
+            program: "claude".to_owned(),
+            max_retries: 2,
+            api_timeout: HumanDuration::from_secs(120),
+            allow_bypass_as_root: false,
+            env: ["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "HOME"]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
 
 impl ConfigFile {
     /// The options of one run: `max_parallel` is `limits.max_parallel`, else `2 × workers`;
-    /// `dry_run` is false.
+    /// the model budgets are `limits.max_llm_calls` and `limits.max_cost_usd`; `dry_run` is
+    /// false.
     pub fn run_options(&self) -> RunOptions {
         RunOptions {
             max_parallel: self.limits.max_parallel.unwrap_or(self.workers.saturating_mul(2)),
@@ -483,19 +1099,18 @@ impl ConfigFile {
             output_cap_bytes: self.limits.output_cap.0,
             kill_grace_ms: self.limits.kill_grace.as_millis(),
             max_tasks: self.limits.max_tasks,
+            max_llm_calls: self.limits.max_llm_calls,
+            max_cost_usd: self.limits.max_cost_usd,
         }
+    }
+
+    /// The price of `model` from `llm.prices`, if listed.
+    pub fn price(&self, model: &str) -> Option<&PriceFile> {
+        self.llm.prices.get(model)
     }
 
     fn check(&self) -> Result<(), Problem> {
         let root = FieldPath::default();
-        let at_least_one = |at: FieldPath, value: u32, what: &str| {
-            if value == 0 {
-                Err(Problem::value(at, format!("{what} is 0"))
-                    .expected("a whole number of at least 1"))
-            } else {
-                Ok(())
-            }
-        };
         at_least_one(root.key("workers"), self.workers, "the number of workers")?;
         check_token(&root.key("pool"), "pool name", &self.pool)?;
         let limits = root.key("limits");
@@ -503,12 +1118,111 @@ impl ConfigFile {
         if let Some(n) = self.limits.max_parallel {
             at_least_one(limits.key("max_parallel"), n, "the parallelism limit")?;
         }
-        if self.limits.output_cap.0 == 0 {
-            return Err(Problem::value(limits.key("output_cap"), "the output cap is 0")
-                .expected(format!("{SIZE_EXPECTED}, greater than zero")));
+        check_size(&limits.key("output_cap"), "the output cap", self.limits.output_cap)?;
+        check_timeout(&limits.key("default_timeout"), Some(self.limits.default_timeout))?;
+        at_least_one(
+            limits.key("max_llm_calls"),
+            self.limits.max_llm_calls,
+            "the model call limit",
+        )
+        .map_err(|p| p.hint("planning makes at least one model call; repair rounds add more"))?;
+        if let Some(usd) = self.limits.max_cost_usd {
+            check_money(&limits.key("max_cost_usd"), "the cost limit", usd)
+                .map_err(|p| p.hint("leave it unset (`null`) for no cap"))?;
         }
-        check_timeout(&limits.key("default_timeout"), Some(self.limits.default_timeout))
+        self.check_llm(&root.key("llm"))?;
+        self.check_planning(&root.key("planning"))?;
+        let tool = root.key("claude_tool");
+        check_program(&tool.key("program"), &self.claude_tool.program)?;
+        check_timeout(&tool.key("api_timeout"), Some(self.claude_tool.api_timeout))?;
+        for (i, name) in self.claude_tool.env.iter().enumerate() {
+            check_env_name(&tool.key("env").index(i), false, name)?;
+        }
+        Ok(())
     }
+
+    fn check_llm(&self, at: &FieldPath) -> Result<(), Problem> {
+        let llm = &self.llm;
+        check_timeout(&at.key("call_timeout"), Some(llm.call_timeout))?;
+        at_least_one(at.key("max_tokens"), llm.max_tokens, "the token limit")?;
+        let context = at.key("context");
+        check_size(&context.key("max_file_bytes"), "the file limit", llm.context.max_file_bytes)?;
+        check_size(
+            &context.key("max_total_bytes"),
+            "the total limit",
+            llm.context.max_total_bytes,
+        )?;
+        for (model, price) in &llm.prices {
+            let at = at.key("prices").key(model);
+            for (field, usd) in [
+                ("input_per_mtok", price.input_per_mtok),
+                ("output_per_mtok", price.output_per_mtok),
+            ] {
+                let why = if !usd.is_finite() {
+                    "the price is not a finite number".to_owned()
+                } else if usd < 0.0 {
+                    format!("the price is negative ({usd})")
+                } else {
+                    continue;
+                };
+                return Err(Problem::value(at.key(field), why)
+                    .expected("USD per million tokens, 0 or more, such as `3.0`"));
+            }
+        }
+        let cc = at.key("claude_code");
+        check_program(&cc.key("program"), &llm.claude_code.program)?;
+        at_least_one(cc.key("max_turns"), llm.claude_code.max_turns, "the turn limit")?;
+        check_timeout(&cc.key("api_timeout"), Some(llm.claude_code.api_timeout))?;
+        check_url(&at.key("anthropic").key("base_url"), &llm.anthropic.base_url)?;
+        check_env_name(&at.key("anthropic").key("api_key_env"), false, &llm.anthropic.api_key_env)?;
+        check_url(&at.key("openai").key("base_url"), &llm.openai.base_url)?;
+        check_env_name(&at.key("openai").key("api_key_env"), false, &llm.openai.api_key_env)
+    }
+
+    fn check_planning(&self, at: &FieldPath) -> Result<(), Problem> {
+        if self.planning.tools.is_empty() {
+            return Err(Problem::value(at.key("tools"), "no tool is allowed")
+                .expected(format!("a list of tools from {}", one_of(&["exec", "claude"])))
+                .hint("a planned task needs at least one tool"));
+        }
+        for (i, program) in self.planning.programs.iter().enumerate() {
+            check_program(&at.key("programs").index(i), program)?;
+        }
+        Ok(())
+    }
+}
+
+fn at_least_one(at: FieldPath, value: u32, what: &str) -> Result<(), Problem> {
+    if value == 0 {
+        Err(Problem::value(at, format!("{what} is 0")).expected("a whole number of at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_size(at: &FieldPath, what: &str, size: ByteSize) -> Result<(), Problem> {
+    if size.0 == 0 {
+        return Err(Problem::value(at.clone(), format!("{what} is 0"))
+            .expected(format!("{SIZE_EXPECTED}, greater than zero")));
+    }
+    Ok(())
+}
+
+fn check_program(at: &FieldPath, program: &str) -> Result<(), Problem> {
+    if program.trim().is_empty() {
+        return Err(Problem::value(at.clone(), "the program is empty")
+            .expected("a program name (looked up in `PATH`) or path"));
+    }
+    Ok(())
+}
+
+fn check_url(at: &FieldPath, url: &str) -> Result<(), Problem> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    if rest.is_none_or(|host| host.is_empty() || host.starts_with('/')) {
+        return Err(Problem::value(at.clone(), format!("invalid URL `{url}`"))
+            .expected("an `http://` or `https://` URL such as `http://localhost:11434/v1`"));
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -538,7 +1252,10 @@ impl Kind {
     fn empty_hint(self) -> String {
         match self {
             Kind::Scenario => {
-                format!("a scenario needs at least `name` and `tasks`; {}", self.schema_hint())
+                format!(
+                    "a scenario needs a `name`, and `tasks` or a `goal`; {}",
+                    self.schema_hint()
+                )
             }
             Kind::Config => "run `orchestra config init` to write the documented defaults, or \
                              remove the file to use them"
@@ -550,12 +1267,15 @@ impl Kind {
 /// Reads and checks a scenario file.
 pub fn load_scenario(path: &Path) -> Result<ScenarioFile, Diagnostic> {
     let text = read(Kind::Scenario, path)?;
-    parse(Kind::Scenario, path, &text, ScenarioFile::check)
+    let scenario = parse(Kind::Scenario, path, &text, ScenarioFile::check)?;
+    Ok(ScenarioFile { source: Some(Source { file: path.to_path_buf(), text }), ..scenario })
 }
 
 /// Parses and checks scenario text; `name` is how errors refer to it.
 pub fn load_scenario_str(name: &str, text: &str) -> Result<ScenarioFile, Diagnostic> {
-    parse(Kind::Scenario, Path::new(name), text, ScenarioFile::check)
+    let scenario = parse(Kind::Scenario, Path::new(name), text, ScenarioFile::check)?;
+    let source = Source { file: PathBuf::from(name), text: text.to_owned() };
+    Ok(ScenarioFile { source: Some(source), ..scenario })
 }
 
 /// Reads and checks a config file.
@@ -604,6 +1324,14 @@ pub fn guess_kind_str(text: &str) -> crate::cli::FileKind {
 
 fn lossy_path<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&path.to_string_lossy())
+}
+
+#[allow(clippy::ref_option)] // the signature serde's `serialize_with` calls
+fn lossy_opt_path<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => s.serialize_some(&path.to_string_lossy()),
+        None => s.serialize_none(),
+    }
 }
 
 fn read(kind: Kind, path: &Path) -> Result<String, Diagnostic> {
@@ -671,20 +1399,25 @@ fn parse<T: de::DeserializeOwned>(
             }
             with_expected_and_hint(kind, d)
         })?;
-    check(&value).map_err(|p| {
-        let location = locate(text, &p.path.0, p.at_key);
-        let d = Diagnostic {
-            path: Some(p.path.to_string()),
-            expected: p.expected,
-            hint: p.hint,
-            ..invalid(p.message)
-        };
-        match location {
-            Some((line, column)) => d.at(text, line, column),
-            None => d,
-        }
-    })?;
+    check(&value)
+        .map_err(|p| problem_diagnostic(&format!("invalid {}", kind.noun()), file, text, p))?;
     Ok(value)
+}
+
+/// The diagnostic of a problem found after parsing `text` (read from `file`), located.
+fn problem_diagnostic(title: &str, file: &Path, text: &str, p: Problem) -> Diagnostic {
+    let location = locate(text, &p.path.0, p.at_key);
+    let d = Diagnostic {
+        file: Some(file.to_path_buf()),
+        path: Some(p.path.to_string()),
+        expected: p.expected,
+        hint: p.hint,
+        ..Diagnostic::new(title, p.message)
+    };
+    match location {
+        Some((line, column)) => d.at(text, line, column),
+        None => d,
+    }
 }
 
 /// Fills `d` from a YAML error: its message without the position, and the position.
@@ -716,6 +1449,9 @@ fn with_expected_and_hint(kind: Kind, mut d: Diagnostic) -> Diagnostic {
     if let Some(word) = unknown {
         d.hint = Some(match did_you_mean(word, &names) {
             Some(name) => format!("did you mean `{name}`?"),
+            None if RESERVED_TOOLS.contains(&word) => {
+                format!("the `{word}` tool is not available yet")
+            }
             None => kind.schema_hint().to_owned(),
         });
         d.expected = Some(one_of(&names));
@@ -1317,6 +2053,40 @@ fn scalar_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     Ok(list.into_iter().map(|v| v.0).collect())
 }
 
+/// An amount of USD, written as a number (`0.5`, `2`). Its range is checked after parsing.
+struct Usd(f64);
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Usd;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(USD_EXPECTED)
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Usd, E> {
+                Ok(Usd(v))
+            }
+            // Amounts of money are far below 2^52: the conversions are exact.
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Usd, E> {
+                Ok(Usd(v as f64))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Usd, E> {
+                Ok(Usd(v as f64))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn usd<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Usd::deserialize(d).map(|u| u.0)
+}
+
+fn opt_usd<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(Option::<Usd>::deserialize(d)?.map(|u| u.0))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1443,13 +2213,47 @@ tasks:
                 ),
                 ("bad_name", "name: hello world\ntasks: []\n"),
                 ("no_tasks", "name: x\ntasks: []\n"),
-                ("goal_without_tasks", "name: x\ngoal: do it\n"),
+                ("neither_tasks_nor_goal", "name: x\n"),
+                ("empty_goal", "name: x\ngoal: \" \"\n"),
+                (
+                    "context_without_goal",
+                    "name: x\ncontext: [README.md]\ntasks:\n  - id: a\n    exec: { program: echo }\n",
+                ),
+                ("empty_context_path", "name: x\ngoal: g\ncontext: [a.md, \"\"]\n"),
+                (
+                    "claude_empty_prompt",
+                    "name: x\ntasks:\n  - id: a\n    claude: { prompt: \"\" }\n",
+                ),
+                (
+                    "claude_bad_permission_mode",
+                    "name: x\ntasks:\n  - id: a\n    claude: { prompt: hi, permission_mode: acceptedits }\n",
+                ),
+                (
+                    "claude_zero_max_turns",
+                    "name: x\ntasks:\n  - id: a\n    claude:\n      prompt: hi\n      max_turns: 0\n",
+                ),
+                (
+                    "claude_negative_budget",
+                    "name: x\ntasks:\n  - id: a\n    claude:\n      prompt: hi\n      max_budget: -0.5\n",
+                ),
+                (
+                    "claude_budget_not_a_number",
+                    "name: x\ntasks:\n  - id: a\n    claude: { prompt: hi, max_budget: $1 }\n",
+                ),
+                (
+                    "claude_unknown_field",
+                    "name: x\ntasks:\n  - id: a\n    claude: { prompt: hi, allowed_tool: [Write] }\n",
+                ),
+                (
+                    "claude_and_exec",
+                    "name: x\ntasks:\n  - id: a\n    exec: { program: echo }\n    claude: { prompt: hi }\n",
+                ),
                 (
                     "two_tools",
                     "name: x\ntasks:\n  - id: a\n    exec: { program: echo }\n    shell: echo hi\n",
                 ),
                 ("no_tool", "name: x\ntasks:\n  - id: a\n    description: nothing to run\n"),
-                ("reserved_tool", "name: x\ntasks:\n  - id: a\n    claude: { prompt: hi }\n"),
+                ("reserved_tool", "name: x\ntasks:\n  - id: a\n    http: { url: \"http://x\" }\n"),
                 ("empty_program", "name: x\ntasks:\n  - id: a\n    exec: { program: \"\" }\n"),
                 (
                     "bad_env_name",
@@ -1481,6 +2285,31 @@ tasks:
                 ("unknown_limit", "limits:\n  max_paralel: 4\n"),
                 ("zero_max_parallel", "limits:\n  max_parallel: 0\n"),
                 ("empty_file", "\n"),
+                ("bad_backend", "llm:\n  backend: claude_code\n"),
+                ("unknown_backend", "llm:\n  backend: gemini\n"),
+                ("zero_call_timeout", "llm:\n  call_timeout: 0s\n"),
+                ("zero_max_tokens", "llm: { max_tokens: 0 }\n"),
+                (
+                    "negative_price",
+                    "llm:\n  prices:\n    m1: { input_per_mtok: -3, output_per_mtok: 15 }\n",
+                ),
+                ("price_missing_field", "llm:\n  prices:\n    m1: { input_per_mtok: 3 }\n"),
+                ("zero_context_file_bytes", "llm:\n  context: { max_file_bytes: 0 }\n"),
+                ("bad_base_url", "llm:\n  openai: { base_url: localhost:11434 }\n"),
+                ("unknown_llm_field", "llm:\n  modle: sonnet\n"),
+                ("unknown_planning_tool", "planning:\n  tools: [exec, claud]\n"),
+                ("reserved_planning_tool", "planning:\n  tools: [shell]\n"),
+                (
+                    "price_not_a_number",
+                    "llm:\n  prices:\n    m1: { input_per_mtok: cheap, output_per_mtok: 1 }\n",
+                ),
+                ("no_planning_tools", "planning:\n  tools: []\n"),
+                ("empty_planning_program", "planning:\n  programs: [cargo, \" \"]\n"),
+                ("zero_max_llm_calls", "limits:\n  max_llm_calls: 0\n"),
+                ("zero_max_cost", "limits:\n  max_cost_usd: 0\n"),
+                ("negative_max_cost", "limits: { max_cost_usd: -1.5 }\n"),
+                ("bad_claude_tool_env", "claude_tool:\n  env: [HOME, \"A=B\"]\n"),
+                ("empty_claude_tool_program", "claude_tool:\n  program: \"\"\n"),
             ],
         );
     }
@@ -1604,6 +2433,8 @@ tasks:
             output_cap_bytes: 1 << 20,
             kill_grace_ms: 2000,
             max_tasks: 1000,
+            max_llm_calls: 4,
+            max_cost_usd: None,
         };
         check("{}", default.clone());
         check("workers: 5", RunOptions { max_parallel: 10, ..default.clone() });
@@ -1618,8 +2449,12 @@ tasks:
                 output_cap_bytes: 512 * 1024,
                 kill_grace_ms: 500,
                 max_tasks: 10,
-                ..default
+                ..default.clone()
             },
+        );
+        check(
+            "limits: { max_llm_calls: 1, max_cost_usd: 2.5 }",
+            RunOptions { max_llm_calls: 1, max_cost_usd: Some(2.5), ..default },
         );
     }
 
@@ -1673,15 +2508,32 @@ tasks:
             assert_eq!(back["properties"].as_object().unwrap().len(), keys.len(), "{text}");
             back
         };
-        let cfg = check(config_schema(), &["runs_dir", "workers", "pool", "limits", "logging"]);
+        let cfg = check(
+            config_schema(),
+            &["runs_dir", "workers", "pool", "limits", "logging", "llm", "planning", "claude_tool"],
+        );
         assert!(cfg["properties"]["workers"]["description"].is_string());
-        let s = check(scenario_schema(), &["name", "goal", "defaults", "tasks"]);
+        let cfg_text = cfg.to_string();
+        for word in [
+            "claude-code",
+            "openai",
+            "max_llm_calls",
+            "max_cost_usd",
+            "input_per_mtok",
+            "allow_bypass_as_root",
+        ] {
+            assert!(cfg_text.contains(word), "no `{word}` in {cfg_text}");
+        }
+        let s = check(scenario_schema(), &["name", "goal", "context", "defaults", "tasks"]);
         assert_eq!(s["required"], serde_json::json!(["name"]));
         let text = s.to_string();
         // nested structs are strict too, and the reserved tools are not advertised
         assert!(text.matches("\"additionalProperties\":false").count() >= 4, "{text}");
-        assert!(!text.contains("\"shell\""), "{text}");
-        assert!(text.contains("\"exec\""), "{text}");
+        assert!(!text.contains("\"shell\"") && !text.contains("\"http\""), "{text}");
+        assert!(!text.contains("\"source\""), "{text}");
+        for word in ["\"exec\"", "\"claude\"", "acceptEdits", "max_budget", "allowed_tools"] {
+            assert!(text.contains(word), "no {word} in {text}");
+        }
     }
 
     #[test]
@@ -1790,5 +2642,392 @@ tasks:
         check("names: 2\n  name: x\n", FileKind::Config);
         check("", FileKind::Config);
         assert_eq!(guess_kind(Path::new("/nonexistent/x.yaml")), FileKind::Config);
+    }
+
+    #[test]
+    fn claude_tasks_become_claude_tools() {
+        let check = |claude: &str, want: ClaudeSpec| {
+            let text = format!("name: x\ntasks:\n  - id: a\n    claude: {claude}\n");
+            let plan = scenario(&text).to_plan(&ConfigFile::default());
+            assert_eq!(plan.tasks[0].tool, Tool::Claude(want), "{claude}");
+        };
+        let bare = ClaudeSpec {
+            prompt: "hi".into(),
+            allowed_tools: vec![],
+            permission_mode: None,
+            max_turns: None,
+            max_budget_usd: None,
+            model: None,
+        };
+        check("{ prompt: hi }", bare.clone());
+        check(
+            "{ prompt: \"write it\", allowed_tools: [Write, \"Bash(cat:*)\"], permission_mode: acceptEdits, max_turns: 5, max_budget: 0.50, model: sonnet }",
+            ClaudeSpec {
+                prompt: "write it".into(),
+                allowed_tools: vec!["Write".into(), "Bash(cat:*)".into()],
+                permission_mode: Some("acceptEdits".into()),
+                max_turns: Some(5),
+                max_budget_usd: Some(0.5),
+                model: Some("sonnet".into()),
+            },
+        );
+        check(
+            "{ prompt: hi, max_budget: 2 }",
+            ClaudeSpec { max_budget_usd: Some(2.0), ..bare.clone() },
+        );
+        for (mode, want) in [
+            ("default", PermissionMode::Default),
+            ("acceptEdits", PermissionMode::AcceptEdits),
+            ("auto", PermissionMode::Auto),
+            ("dontAsk", PermissionMode::DontAsk),
+            ("plan", PermissionMode::Plan),
+            ("bypassPermissions", PermissionMode::BypassPermissions),
+        ] {
+            assert_eq!(want.as_str(), mode);
+            check(
+                &format!("{{ prompt: hi, permission_mode: {mode} }}"),
+                ClaudeSpec { permission_mode: Some(mode.into()), ..bare.clone() },
+            );
+        }
+    }
+
+    #[test]
+    fn claude_tasks_keep_the_task_settings() {
+        let s = scenario(
+            "name: x\ndefaults: { timeout: 1m, retries: 2 }\ntasks:\n  - id: a\n    claude: { prompt: hi }\n    outputs: [out.md]\n    env: { K: v }\n",
+        );
+        let [t] = s.to_plan(&ConfigFile::default()).tasks.try_into().unwrap();
+        assert_eq!((t.timeout_ms, t.retry.max_retries), (60_000, 2));
+        assert_eq!(t.outputs, ["out.md"]);
+        assert_eq!(t.env.get("K").map(String::as_str), Some("v"));
+        let yaml = serde_yaml::to_string(&s).unwrap();
+        assert_eq!(scenario(&yaml), s, "{yaml}");
+    }
+
+    #[test]
+    fn goal_scenarios_need_no_tasks() {
+        let s = scenario("name: g\ngoal: count the words of README.md\ncontext: [README.md]\n");
+        assert!(s.is_goal());
+        assert_eq!(s.context, ["README.md"]);
+        assert!(s.to_plan(&ConfigFile::default()).tasks.is_empty());
+        // with both, the tasks are run and the goal describes them
+        let both =
+            scenario("name: g\ngoal: greet\ntasks:\n  - id: a\n    exec: { program: echo }\n");
+        assert!(!both.is_goal());
+        assert_eq!(both.to_plan(&ConfigFile::default()).goal.as_deref(), Some("greet"));
+        assert!(!scenario(HELLO).is_goal());
+    }
+
+    /// Files to write: (path, content).
+    type Files<'a> = &'a [(&'a str, &'a [u8])];
+
+    /// Writes `files` into a temp dir, loads `text` as `<dir>/s.yaml` and asks for its goal.
+    fn goal_request_in(
+        text: &str,
+        files: Files,
+        cfg: &ConfigFile,
+    ) -> (tempfile::TempDir, Result<GoalRequest, Diagnostic>) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        let path = dir.path().join("s.yaml");
+        std::fs::write(&path, text).unwrap();
+        let s = load_scenario(&path).unwrap_or_else(|d| panic!("{d}"));
+        let request = s.goal_request(cfg, dir.path());
+        (dir, request)
+    }
+
+    fn sha256_hex(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    #[test]
+    fn goal_request_reads_the_context_and_resolves_defaults() {
+        let text = "name: g\ngoal: summarise\ncontext: [notes.md, docs/a.txt]\ndefaults:\n  retries: 2\n  backoff: { initial: 1s }\n";
+        let cfg = config(
+            "limits: { default_timeout: 3m }\nplanning: { tools: [exec], programs: [wc, cat] }\n",
+        );
+        let (_dir, request) =
+            goal_request_in(text, &[("notes.md", b"# notes\n"), ("docs/a.txt", b"a\n")], &cfg);
+        let request = request.unwrap();
+        let want = GoalRequest {
+            name: "g".into(),
+            goal: "summarise".into(),
+            context: vec![
+                ContextFile {
+                    path: "notes.md".into(),
+                    sha256: sha256_hex(b"# notes\n"),
+                    text: "# notes\n".into(),
+                    truncated: false,
+                },
+                ContextFile {
+                    path: "docs/a.txt".into(),
+                    sha256: sha256_hex(b"a\n"),
+                    text: "a\n".into(),
+                    truncated: false,
+                },
+            ],
+            tools: ToolRules {
+                tools: vec!["exec".into()],
+                programs: vec!["wc".into(), "cat".into()],
+            },
+            defaults: TaskDefaults {
+                timeout_ms: 180_000,
+                retry: RetryPolicy {
+                    max_retries: 2,
+                    retry_on_exit_codes: vec![],
+                    backoff: Backoff { initial_ms: 1000, ..Backoff::default() },
+                },
+            },
+            policy_summary: String::new(),
+            no_cache: false,
+        };
+        assert_eq!(request, want);
+    }
+
+    #[test]
+    fn goal_request_defaults_match_a_bare_task() {
+        // the defaults given to the model are what `to_plan` gives a task with no own values
+        let text = "name: g\ngoal: x\ndefaults: { timeout: 45s, retry_on_exit_codes: [7], backoff: { max: 9s, jitter: 5% } }\ntasks:\n  - id: bare\n    exec: { program: true }\n";
+        for cfg in [ConfigFile::default(), config("limits: { default_timeout: 1s }")] {
+            let s = scenario(text);
+            let request = s.goal_request(&cfg, Path::new("/nonexistent")).unwrap();
+            let [task] = s.to_plan(&cfg).tasks.try_into().unwrap();
+            assert_eq!(
+                request.defaults,
+                TaskDefaults { timeout_ms: task.timeout_ms, retry: task.retry }
+            );
+            assert_eq!(request.tools.tools, ["exec", "claude"]);
+            assert!(request.tools.programs.is_empty() && request.context.is_empty());
+        }
+        let bare =
+            scenario("name: g\ngoal: x\n").goal_request(&ConfigFile::default(), Path::new("."));
+        let defaults = bare.unwrap().defaults;
+        assert_eq!(defaults, TaskDefaults { timeout_ms: 600_000, retry: RetryPolicy::default() });
+    }
+
+    #[test]
+    fn goal_request_bounds_the_context() {
+        // (files, max_file_bytes, max_total_bytes) → (text, truncated) per file
+        let check = |files: &[&str], per_file: u64, total: u64, want: &[(&str, bool)]| {
+            let names: Vec<String> = (0..files.len()).map(|i| format!("f{i}.txt")).collect();
+            let text = format!("name: g\ngoal: x\ncontext: [{}]\n", names.join(", "));
+            let written: Vec<(&str, &[u8])> =
+                names.iter().zip(files).map(|(n, f)| (n.as_str(), f.as_bytes())).collect();
+            let mut cfg = ConfigFile::default();
+            cfg.llm.context = ContextFileLimits {
+                max_file_bytes: ByteSize(per_file),
+                max_total_bytes: ByteSize(total),
+            };
+            let (_dir, request) = goal_request_in(&text, &written, &cfg);
+            let request = request.unwrap();
+            let got: Vec<(&str, bool)> =
+                request.context.iter().map(|c| (c.text.as_str(), c.truncated)).collect();
+            assert_eq!(got, want, "{files:?} {per_file} {total}");
+            for (c, full) in request.context.iter().zip(files) {
+                assert_eq!(
+                    c.sha256,
+                    sha256_hex(full.as_bytes()),
+                    "the digest is of the whole file"
+                );
+            }
+        };
+        check(&["abc"], 3, 100, &[("abc", false)]);
+        check(&["abcd"], 3, 100, &[("abc", true)]);
+        check(&[""], 3, 100, &[("", false)]);
+        // cut on a character boundary: `é` is 2 bytes, `€` is 3
+        check(&["aé"], 2, 100, &[("a", true)]);
+        check(&["aé"], 3, 100, &[("aé", false)]);
+        check(&["€€"], 4, 100, &[("€", true)]);
+        check(&["€€"], 2, 100, &[("", true)]);
+        // the total: later files are cut, then emptied
+        check(&["aaaa", "bbbb", "cccc"], 4, 6, &[("aaaa", false), ("bb", true), ("", true)]);
+        check(&["aaaa", "", "cc"], 4, 4, &[("aaaa", false), ("", false), ("", true)]);
+        check(&["aa", "bb"], 10, 4, &[("aa", false), ("bb", false)]);
+        // a file much larger than the read buffer
+        let big = "x".repeat(200_000);
+        check(&[&big, "y"], 100, 101, &[(&big[..100], true), ("y", false)]);
+    }
+
+    #[test]
+    fn cuts_utf8_on_char_boundaries() {
+        let check = |bytes: &[u8], keep: usize, want: Option<&str>| {
+            assert_eq!(cut_utf8(bytes, keep), want, "{bytes:?} {keep}");
+        };
+        check(b"hello", 10, Some("hello"));
+        check(b"hello", 2, Some("he"));
+        check(b"hello", 0, Some(""));
+        check("é".as_bytes(), 1, Some(""));
+        check("aé".as_bytes(), 2, Some("a"));
+        // a prefix that ends inside a character is fine
+        check(&"a€".as_bytes()[..3], 3, Some("a"));
+        check(b"a\xff", 1, None);
+        check(b"\xc3\x28", 5, None);
+    }
+
+    #[test]
+    fn goal_request_errors() {
+        let mut settings = insta::Settings::clone_current();
+        settings.set_prepend_module_to_snapshot(false);
+        settings.set_omit_expression(true);
+        settings.add_filter(r"(cannot read `[^`]*`): .*", "$1: [OS ERROR]");
+        let cases: &[(&str, &str, Files)] = &[
+            (
+                "missing",
+                "name: g\ngoal: x\ncontext:\n  - here.md\n  - missing.md\n",
+                &[("here.md", b"ok")],
+            ),
+            ("directory", "name: g\ngoal: x\ncontext: [docs]\n", &[("docs/a.md", b"ok")]),
+            ("not_utf8", "name: g\ngoal: x\ncontext: [bin.dat]\n", &[("bin.dat", b"\x00\xff\xfe")]),
+        ];
+        for (case, text, files) in cases {
+            let (dir, request) = goal_request_in(text, files, &ConfigFile::default());
+            let d = request.unwrap_err();
+            assert_eq!(d.exit_code(), 2);
+            assert_eq!(d.file.as_deref(), Some(dir.path().join("s.yaml").as_path()));
+            assert!(d.line.is_some() && d.path.as_deref().unwrap().starts_with("context["), "{d}");
+            let rendered = d.render().replace(&dir.path().display().to_string(), "[DIR]");
+            settings.set_description(*text);
+            settings.bind(|| insta::assert_snapshot!(format!("goal_request_{case}"), rendered));
+        }
+        // a scenario without a goal has nothing to plan
+        let s = scenario("name: x\ntasks:\n  - id: a\n    exec: { program: echo }\n");
+        let d = s.goal_request(&ConfigFile::default(), Path::new(".")).unwrap_err();
+        assert_eq!((d.path.as_deref(), d.line), (Some("goal"), None));
+        assert_eq!(d.file.as_deref(), Some(Path::new("s.yaml")));
+    }
+
+    #[test]
+    fn config_sections_parse() {
+        let cfg = config(
+            "llm:\n  backend: openai\n  model: qwen3\n  max_repair_rounds: 0\n  call_timeout: 90s\n  max_tokens: 100\n  prompts_dir: prompts\n  cache_dir: /tmp/c\n  context: { max_file_bytes: 1KiB, max_total_bytes: 2000 }\n  prices:\n    qwen3: { input_per_mtok: 0, output_per_mtok: 0.5 }\n  claude_code: { program: /opt/claude, max_turns: 1, max_retries: 0, api_timeout: 10s }\n  anthropic: { base_url: \"http://127.0.0.1:9\", api_key_env: KEY, max_retries: 1 }\n  openai: { base_url: \"https://example.com/v1\", api_key_env: OKEY, max_retries: 0 }\n  scripted: { dir: fixtures }\nplanning: { tools: [claude], programs: [cargo] }\nclaude_tool: { program: c2, max_retries: 5, api_timeout: 1m, allow_bypass_as_root: true, env: [HOME] }\nlimits: { max_llm_calls: 2, max_cost_usd: 0.25 }\n",
+        );
+        let want = LlmFile {
+            backend: LlmBackend::OpenAi,
+            model: Some("qwen3".into()),
+            max_repair_rounds: 0,
+            call_timeout: HumanDuration::from_secs(90),
+            max_tokens: 100,
+            prompts_dir: Some("prompts".into()),
+            cache_dir: "/tmp/c".into(),
+            context: ContextFileLimits {
+                max_file_bytes: ByteSize(1024),
+                max_total_bytes: ByteSize(2000),
+            },
+            prices: [("qwen3".to_owned(), PriceFile { input_per_mtok: 0.0, output_per_mtok: 0.5 })]
+                .into(),
+            claude_code: ClaudeCodeFile {
+                program: "/opt/claude".into(),
+                max_turns: 1,
+                max_retries: 0,
+                api_timeout: HumanDuration::from_secs(10),
+            },
+            anthropic: AnthropicFile {
+                base_url: "http://127.0.0.1:9".into(),
+                api_key_env: "KEY".into(),
+                max_retries: 1,
+            },
+            openai: OpenAiFile {
+                base_url: "https://example.com/v1".into(),
+                api_key_env: "OKEY".into(),
+                max_retries: 0,
+            },
+            scripted: ScriptedFile { dir: Some("fixtures".into()) },
+        };
+        assert_eq!(cfg.llm, want);
+        assert_eq!(
+            cfg.planning,
+            PlanningFile { tools: vec![ToolKind::Claude], programs: vec!["cargo".into()] }
+        );
+        assert_eq!(
+            cfg.claude_tool,
+            ClaudeToolFile {
+                program: "c2".into(),
+                max_retries: 5,
+                api_timeout: HumanDuration::from_secs(60),
+                allow_bypass_as_root: true,
+                env: vec!["HOME".into()],
+            }
+        );
+        assert_eq!((cfg.limits.max_llm_calls, cfg.limits.max_cost_usd), (2, Some(0.25)));
+        assert_eq!(cfg.price("qwen3").map(|p| p.output_per_mtok), Some(0.5));
+        assert_eq!(cfg.price("other"), None);
+        assert_eq!(config(&to_yaml(&cfg)), cfg);
+    }
+
+    #[test]
+    fn config_sections_have_defaults() {
+        let cfg = ConfigFile::default();
+        let llm = &cfg.llm;
+        assert_eq!(
+            (llm.backend, llm.backend.as_str(), llm.model.as_deref()),
+            (LlmBackend::ClaudeCode, "claude-code", None)
+        );
+        assert_eq!(
+            (llm.max_repair_rounds, llm.call_timeout.as_millis(), llm.max_tokens),
+            (2, 300_000, 8192)
+        );
+        assert_eq!(
+            (llm.prompts_dir.as_deref(), llm.cache_dir.as_path()),
+            (None, Path::new(".orchestra/plan-cache"))
+        );
+        assert_eq!(
+            (llm.context.max_file_bytes.0, llm.context.max_total_bytes.0),
+            (65_536, 262_144)
+        );
+        assert!(llm.prices.is_empty());
+        assert_eq!(
+            (
+                llm.claude_code.program.as_str(),
+                llm.claude_code.max_turns,
+                llm.claude_code.max_retries,
+                llm.claude_code.api_timeout.as_millis()
+            ),
+            ("claude", 3, 2, 120_000)
+        );
+        assert_eq!(
+            (
+                llm.anthropic.base_url.as_str(),
+                llm.anthropic.api_key_env.as_str(),
+                llm.anthropic.max_retries
+            ),
+            ("https://api.anthropic.com", "ANTHROPIC_API_KEY", 3)
+        );
+        assert_eq!(
+            (llm.openai.base_url.as_str(), llm.openai.api_key_env.as_str(), llm.openai.max_retries),
+            ("http://localhost:11434/v1", "OPENAI_API_KEY", 3)
+        );
+        assert_eq!(llm.scripted.dir, None);
+        assert_eq!(cfg.planning.tools, [ToolKind::Exec, ToolKind::Claude]);
+        assert!(cfg.planning.programs.is_empty());
+        assert_eq!(
+            (
+                cfg.claude_tool.program.as_str(),
+                cfg.claude_tool.max_retries,
+                cfg.claude_tool.api_timeout.as_millis(),
+                cfg.claude_tool.allow_bypass_as_root
+            ),
+            ("claude", 2, 120_000, false)
+        );
+        assert_eq!(
+            cfg.claude_tool.env,
+            ["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "HOME"]
+        );
+        assert_eq!((cfg.limits.max_llm_calls, cfg.limits.max_cost_usd), (4, None));
+        // a partial section keeps the defaults of the fields it leaves out
+        let partial = config("llm: { claude_code: { max_turns: 9 } }\nclaude_tool: { env: [] }\n");
+        assert_eq!(partial.llm.claude_code.max_turns, 9);
+        assert_eq!(partial.llm.claude_code.program, "claude");
+        assert!(partial.claude_tool.env.is_empty());
+        assert_eq!(partial.llm.backend, LlmBackend::ClaudeCode);
+        let backends =
+            |text: &str| config(&format!("llm: {{ backend: {text} }}")).llm.backend.as_str();
+        assert_eq!(
+            ["claude-code", "anthropic", "openai", "scripted"].map(backends),
+            ["claude-code", "anthropic", "openai", "scripted"]
+        );
     }
 }

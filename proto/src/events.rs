@@ -20,7 +20,7 @@ impl Stream {
 }
 
 /// L3 → L2 and L1 on `orchestra.v1.run.<run>.task.<task>`; the envelope carries task and attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TaskEvent {
     /// The worker admitted the attempt and spawned it (or, in a dry run, would have).
@@ -42,7 +42,7 @@ pub enum TaskEvent {
 }
 
 /// How an attempt ended, with everything the summary needs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptResult {
     pub outcome: Outcome,
@@ -57,6 +57,9 @@ pub struct AttemptResult {
     pub stderr_bytes: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRecord>,
+    /// What a `claude` attempt reported (cost, turns, denials), success or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude: Option<crate::llm::ClaudeReport>,
 }
 
 impl AttemptResult {

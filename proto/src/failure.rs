@@ -22,6 +22,14 @@ pub enum FailureKind {
     Policy,
     /// The run was cancelled while the attempt ran.
     Cancelled,
+    /// A model API answered with an error (a `claude` task or planning).
+    ApiError,
+    /// A `claude` task stopped at its turn limit.
+    MaxTurns,
+    /// A money cap was reached: the task's own or the run's.
+    Budget,
+    /// A tool was invoked wrongly (bad flag, refused mode, missing key): retrying cannot help.
+    UsageError,
     /// A bug or an environment problem inside orchestra itself.
     Internal,
 }
@@ -37,6 +45,10 @@ impl FailureKind {
             Self::Artifact => "artifact",
             Self::Policy => "policy",
             Self::Cancelled => "cancelled",
+            Self::ApiError => "api_error",
+            Self::MaxTurns => "max_turns",
+            Self::Budget => "budget",
+            Self::UsageError => "usage_error",
             Self::Internal => "internal",
         }
     }

@@ -40,3 +40,15 @@ pub fn artifact(task: &TaskId, path: &str) -> PathBuf {
 pub fn staged_input(task: &TaskId, path: &str) -> PathBuf {
     PathBuf::from("inputs").join(task.as_str()).join(path)
 }
+
+/// The plan's DAG as a Mermaid flowchart.
+pub const PLAN_MERMAID: &str = "plan.mmd";
+/// How a model made the plan: `llm/planning.json`, and per call `llm/call-<n>.request.md` and
+/// `llm/call-<n>.answer.txt` (the raw answer).
+pub const LLM_DIR: &str = "llm";
+pub const PLANNING: &str = "llm/planning.json";
+
+/// `llm/call-<n>.<what>`
+pub fn llm_call(round: u32, what: &str) -> PathBuf {
+    PathBuf::from(LLM_DIR).join(format!("call-{round}.{what}"))
+}

@@ -17,6 +17,7 @@ pub mod events;
 pub mod failure;
 pub mod ids;
 pub mod layout;
+pub mod llm;
 pub mod plan;
 pub mod state;
 pub mod subjects;
@@ -31,6 +32,10 @@ pub use events::{
 };
 pub use failure::{Failure, FailureKind};
 pub use ids::{MessageId, RunId, SpanId, TaskId, TraceId};
+pub use llm::{
+    CachedPlan, CallOutcome, ClaudeReport, ClaudeSpec, ContextFile, GoalRequest, LlmCall,
+    PlanningReport, TaskDefaults, ToolRules,
+};
 pub use plan::{
     Backoff, Dispatch, ExecSpec, InputRef, Plan, PlanProblem, RetryPolicy, RunOptions, RunReply,
     RunRequest, TaskSpec, Tool,

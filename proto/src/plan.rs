@@ -3,12 +3,13 @@
 //! A [`TaskSpec`] in a [`Plan`] is fully specified: defaults are resolved before submission, so a
 //! worker never has to decide anything that is not written in its [`Dispatch`].
 
+use crate::llm::{ClaudeSpec, GoalRequest, PlanningReport};
 use crate::{RunStatus, TaskId, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// A checked-or-to-be-checked DAG of tasks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Plan {
     pub name: String,
@@ -18,7 +19,7 @@ pub struct Plan {
 }
 
 /// One task of a plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSpec {
     pub id: TaskId,
@@ -73,17 +74,20 @@ impl Dispatch {
 }
 
 /// The tool a task runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Tool {
     /// A program with arguments, run directly (no shell).
     Exec(ExecSpec),
+    /// A Claude Code sub-agent working in the task's workspace.
+    Claude(ClaudeSpec),
 }
 
 impl Tool {
     pub fn name(&self) -> &'static str {
         match self {
             Tool::Exec(_) => "exec",
+            Tool::Claude(_) => "claude",
         }
     }
 }
@@ -126,7 +130,7 @@ impl Default for Backoff {
 }
 
 /// How a run executes, decided by L1 and fixed for the run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunOptions {
     /// Attempts in flight at once.
@@ -142,28 +146,66 @@ pub struct RunOptions {
     pub kill_grace_ms: u64,
     /// Largest plan accepted.
     pub max_tasks: u32,
+    /// Model calls allowed for planning this run (repair rounds included).
+    #[serde(default = "default_max_llm_calls")]
+    pub max_llm_calls: u32,
+    /// Money the run may spend on models (planning and `claude` tasks); `None`: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+}
+
+fn default_max_llm_calls() -> u32 {
+    RunOptions::DEFAULT_MAX_LLM_CALLS
+}
+
+impl RunOptions {
+    pub const DEFAULT_MAX_LLM_CALLS: u32 = 4;
 }
 
 /// L1 → L2 on [`crate::subjects::RUN_SUBMIT`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunRequest {
     /// Check a plan and, unless `plan_only`, start running it under the envelope's run id.
-    Start { plan: Plan, options: RunOptions, plan_only: bool },
+    Start {
+        plan: Plan,
+        options: RunOptions,
+        plan_only: bool,
+        /// How a model made this plan, when L1 had it planned first (`--approve`) and now
+        /// submits it as reviewed: recorded with the run and counted against its budget.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planning: Option<PlanningReport>,
+    },
+    /// Ask the coordinator's model for a plan for this goal, check it, and unless `plan_only`
+    /// run it under the envelope's run id.
+    Goal { goal: GoalRequest, options: RunOptions, plan_only: bool },
     /// Continue the run of the envelope's run id from its stored state.
     Resume {},
 }
 
 /// L2 → L1, the reply to a [`RunRequest`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RunReply {
     /// The plan is valid; the run is running (or, for `plan_only`, checked and stored).
-    Accepted { tasks: u32, order: Vec<TaskId> },
+    Accepted {
+        tasks: u32,
+        order: Vec<TaskId>,
+        /// The plan the coordinator made, for a `Goal` request.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        plan: Option<Plan>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planning: Option<PlanningReport>,
+    },
     /// A resumed run: what was already done.
     Resumed { status: RunStatus, tasks: BTreeMap<TaskId, TaskStatus> },
     /// The plan (or request) is invalid; every problem at once.
-    Rejected { problems: Vec<PlanProblem> },
+    Rejected {
+        problems: Vec<PlanProblem>,
+        /// For a `Goal` request: the calls made before giving up (raw answers included).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        planning: Option<PlanningReport>,
+    },
 }
 
 /// One thing wrong with a plan.
@@ -190,7 +232,7 @@ pub struct InputRef {
 }
 
 /// L2 → L3 on the pool's work queue: one attempt of one task, fully specified.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dispatch {
     pub task: TaskSpec,

@@ -7,7 +7,7 @@ use crate::{
 use serde::{Deserialize, Serialize};
 
 /// One run: its plan and options never change after acceptance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunRecord {
     pub run_id: RunId,
@@ -20,10 +20,13 @@ pub struct RunRecord {
     pub finished_at: Option<Timestamp>,
     /// Seed of the scheduler's jitter, so a resumed run makes the same choices.
     pub seed: u64,
+    /// How the plan was made, when a model made it (a resumed run never asks again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planning: Option<crate::PlanningReport>,
 }
 
 /// One task of a run and every attempt made at it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRecord {
     pub task_id: TaskId,
@@ -60,7 +63,7 @@ impl TaskRecord {
 }
 
 /// One attempt at a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptRecord {
     pub attempt: u32,
@@ -81,4 +84,7 @@ pub struct AttemptRecord {
     /// True once the attempt finished successfully.
     #[serde(default)]
     pub succeeded: bool,
+    /// What a `claude` attempt reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude: Option<crate::llm::ClaudeReport>,
 }

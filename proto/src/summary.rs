@@ -25,6 +25,33 @@ pub struct Summary {
     pub artifacts: Vec<ArtifactRecord>,
     /// Failed attempts per failure class (retried ones included).
     pub failures_by_kind: BTreeMap<FailureKind, u32>,
+    /// Model use: planning calls and `claude` tasks. Absent when the run used no model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmTotals>,
+}
+
+/// Every model call of a run, summed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmTotals {
+    /// Planning backend and model, when the plan came from a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The plan came from the plan cache.
+    pub plan_cached: bool,
+    /// Planning calls (repair rounds included).
+    pub planning_calls: u32,
+    pub repair_rounds: u32,
+    pub planning_latency_ms: u64,
+    /// `claude` task attempts.
+    pub claude_attempts: u32,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub planning_cost_usd: f64,
+    pub claude_cost_usd: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,4 +116,6 @@ pub struct AttemptSummary {
     /// file).
     pub stdout: String,
     pub stderr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claude: Option<crate::ClaudeReport>,
 }

@@ -8,6 +8,10 @@ use orchestra_proto::{
     RunReply, RunRequest, RunStatus, SpanId, Stream, TaskEvent, TaskId, TaskRecord, TaskSpec,
     TaskStatus, Timestamp, Tool, TraceId, codec,
 };
+use orchestra_proto::{
+    CallOutcome, ClaudeReport, ClaudeSpec, ContextFile, GoalRequest, LlmCall, PlanningReport,
+    TaskDefaults, ToolRules,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -62,6 +66,8 @@ fn options() -> RunOptions {
         output_cap_bytes: 1 << 20,
         kill_grace_ms: 2000,
         max_tasks: 1000,
+        max_llm_calls: 4,
+        max_cost_usd: Some(0.5),
     }
 }
 
@@ -93,7 +99,7 @@ fn run_request_start() {
     check(
         "run_request_start",
         &ctx(),
-        RunRequest::Start { plan: plan(), options: options(), plan_only: false },
+        RunRequest::Start { plan: plan(), options: options(), plan_only: false, planning: None },
     );
 }
 
@@ -107,7 +113,12 @@ fn run_reply_variants() {
     check(
         "run_reply_accepted",
         &ctx(),
-        RunReply::Accepted { tasks: 1, order: vec![TaskId::new_unchecked("build")] },
+        RunReply::Accepted {
+            tasks: 1,
+            order: vec![TaskId::new_unchecked("build")],
+            plan: None,
+            planning: None,
+        },
     );
     check(
         "run_reply_resumed",
@@ -127,6 +138,7 @@ fn run_reply_variants() {
                 message: "cycle: a → b → a".into(),
                 hint: Some("remove one of the dependencies".into()),
             }],
+            planning: None,
         },
     );
 }
@@ -179,6 +191,7 @@ fn task_events() {
         "task_event_finished_failed",
         &task_ctx(),
         TaskEvent::Finished(Box::new(AttemptResult {
+            claude: None,
             outcome: Outcome::Failed { failure: failure() },
             worker_id: "w-1".into(),
             started_at: T0,
@@ -194,6 +207,7 @@ fn task_events() {
         "task_event_finished_succeeded",
         &task_ctx(),
         TaskEvent::Finished(Box::new(AttemptResult {
+            claude: None,
             outcome: Outcome::Succeeded {},
             worker_id: "w-1".into(),
             started_at: T0,
@@ -254,6 +268,7 @@ fn control() {
 #[test]
 fn stored_records() {
     let run = RunRecord {
+        planning: None,
         run_id: RunId::new_unchecked("20251125T100757Z-a1b2c3"),
         trace_id: TraceId::new_unchecked("4bf92f3577b34da6a3ce929d0e0e4736"),
         status: RunStatus::Running,
@@ -267,6 +282,7 @@ fn stored_records() {
     let mut task = TaskRecord::new(TaskId::new_unchecked("build"));
     task.status = TaskStatus::Succeeded;
     task.attempts.push(AttemptRecord {
+        claude: None,
         attempt: 1,
         dispatched_at: T0,
         worker_id: Some("w-1".into()),
@@ -295,4 +311,155 @@ fn decode_rejects_other_versions_and_unknown_fields() {
     v["v"] = 1.into();
     v["surprise"] = true.into();
     assert!(codec::decode::<Control>(&serde_json::to_vec(&v).unwrap()).is_err());
+}
+
+fn planning() -> PlanningReport {
+    PlanningReport {
+        backend: "claude-code".into(),
+        model: Some("sonnet".into()),
+        prompt_version: "3f2a9c1d".into(),
+        cache_key: "9b74c9897bac770ffc029102a200c5de".into(),
+        cached: false,
+        calls: vec![
+            LlmCall {
+                round: 1,
+                started_at: T0,
+                latency_ms: 812,
+                input_tokens: 1200,
+                output_tokens: 340,
+                cost_usd: 0.0123,
+                cost_reported: true,
+                request: "Goal: say hello".into(),
+                answer: "{\"tasks\": []}".into(),
+                outcome: CallOutcome::Invalid {
+                    problems: vec![PlanProblem {
+                        code: "empty_plan".into(),
+                        path: "tasks".into(),
+                        message: "the plan has no tasks".into(),
+                        hint: None,
+                    }],
+                },
+            },
+            LlmCall {
+                round: 2,
+                started_at: T0,
+                latency_ms: 640,
+                input_tokens: 1500,
+                output_tokens: 200,
+                cost_usd: 0.01,
+                cost_reported: true,
+                request: "Problems found: …".into(),
+                answer: "{…}".into(),
+                outcome: CallOutcome::Accepted {},
+            },
+        ],
+    }
+}
+
+fn claude_spec() -> TaskSpec {
+    TaskSpec {
+        tool: Tool::Claude(ClaudeSpec {
+            prompt: "write notes.md summarising README.md".into(),
+            allowed_tools: vec!["Write".into(), "Bash(cat:*)".into()],
+            permission_mode: Some("acceptEdits".into()),
+            max_turns: Some(5),
+            max_budget_usd: Some(0.25),
+            model: Some("sonnet".into()),
+        }),
+        ..spec()
+    }
+}
+
+#[test]
+fn run_request_goal() {
+    check(
+        "run_request_goal",
+        &ctx(),
+        RunRequest::Goal {
+            goal: GoalRequest {
+                name: "hello".into(),
+                goal: "say hello in three languages".into(),
+                context: vec![ContextFile {
+                    path: "README.md".into(),
+                    sha256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+                        .into(),
+                    text: "# hello".into(),
+                    truncated: false,
+                }],
+                tools: ToolRules {
+                    tools: vec!["exec".into(), "claude".into()],
+                    programs: vec!["sh".into()],
+                },
+                defaults: TaskDefaults { timeout_ms: 60_000, retry: RetryPolicy::default() },
+                policy_summary: "no network".into(),
+                no_cache: false,
+            },
+            options: options(),
+            plan_only: true,
+        },
+    );
+}
+
+#[test]
+fn run_reply_planned() {
+    check(
+        "run_reply_accepted_planned",
+        &ctx(),
+        RunReply::Accepted {
+            tasks: 1,
+            order: vec![TaskId::new_unchecked("build")],
+            plan: Some(Plan { tasks: vec![claude_spec()], ..plan() }),
+            planning: Some(planning()),
+        },
+    );
+    check(
+        "run_reply_rejected_planning",
+        &ctx(),
+        RunReply::Rejected {
+            problems: vec![PlanProblem {
+                code: "llm_budget".into(),
+                path: String::new(),
+                message: "the run's model budget is spent".into(),
+                hint: Some("raise limits.max_llm_calls".into()),
+            }],
+            planning: Some(PlanningReport { calls: vec![], cached: true, ..planning() }),
+        },
+    );
+}
+
+#[test]
+fn claude_attempt_result() {
+    check(
+        "task_event_finished_claude",
+        &task_ctx(),
+        TaskEvent::Finished(Box::new(AttemptResult {
+            outcome: Outcome::Failed {
+                failure: Failure {
+                    kind: FailureKind::MaxTurns,
+                    message: "the agent reached its turn limit (5)".into(),
+                    chain: vec![],
+                    exit_code: Some(1),
+                    signal: None,
+                },
+            },
+            worker_id: "w1".into(),
+            started_at: T0,
+            finished_at: T0,
+            exit_code: Some(1),
+            signal: None,
+            stdout_bytes: 900,
+            stderr_bytes: 0,
+            artifacts: vec![],
+            claude: Some(ClaudeReport {
+                result: None,
+                session_id: Some("b3a9c309-0000-4000-8000-000000000000".into()),
+                turns: 6,
+                cost_usd: 0.049,
+                input_tokens: 12_259,
+                output_tokens: 2,
+                permission_denials: vec!["Bash".into()],
+                model: Some("claude-sonnet-5-5".into()),
+            }),
+        })),
+    );
 }

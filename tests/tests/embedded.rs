@@ -24,6 +24,8 @@ fn options() -> RunOptions {
         output_cap_bytes: 1 << 20,
         kill_grace_ms: 500,
         max_tasks: 100,
+        max_llm_calls: 4,
+        max_cost_usd: None,
     }
 }
 
@@ -39,6 +41,8 @@ async fn transitions_are_stored_before_they_are_published() {
         runs_dir: tmp.path().to_owned(),
         slots: 2,
         pool: "default".into(),
+        planner: None,
+        claude: Default::default(),
     })
     .await
     .unwrap();
@@ -56,7 +60,7 @@ async fn transitions_are_stored_before_they_are_published() {
             task("e", &["b"], "true", &[]),
         ],
     };
-    let req = RunRequest::Start { plan, options: options(), plan_only: false };
+    let req = RunRequest::Start { plan, options: options(), plan_only: false, planning: None };
     let reply = bus
         .request(
             subjects::RUN_SUBMIT,

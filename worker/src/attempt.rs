@@ -1,15 +1,19 @@
 //! One attempt from start to result: prepare the workspace, stage inputs, run the tool, collect
-//! outputs. Bus-free: events go to a sink, the result is returned.
+//! outputs. Bus-free: events go to a sink, the result is returned. Both tools (`exec`, `claude`)
+//! spawn through [`exec::execute`]; a `claude` attempt is then judged by its JSON result.
 
 use crate::artifacts::{self, ArtifactError};
-use crate::exec::{self, EnvIds, EventSink, ExecRequest};
+use crate::claude::{self, ClaudeToolConfig, RootBypass};
+use crate::exec::{self, EnvIds, EventSink, ExecRequest, SpawnError};
 use orchestra_proto::{
     AttemptResult, Dispatch, Failure, FailureKind, Outcome, RunId, SpanId, Stream, TaskEvent,
     TaskId, Timestamp, Tool, TraceId, layout,
 };
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 /// Where an attempt lives on disk. All paths are absolute.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +70,66 @@ pub struct AttemptContext<'a> {
     pub worker_id: &'a str,
     /// See [`crate::WorkerOptions::die_with_worker`].
     pub die_with_worker: bool,
+    /// How `claude` tasks run the Claude Code CLI.
+    pub claude: &'a ClaudeToolConfig,
+}
+
+/// What to spawn for a task: the program, its argv and environment, or why it must not run.
+struct Launch {
+    program: Result<PathBuf, SpawnError>,
+    /// The program as the task (or the worker's configuration) names it.
+    arg0: String,
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    /// Set when the attempt is refused before spawning.
+    refusal: Option<Failure>,
+}
+
+impl Launch {
+    fn new(
+        cx: &AttemptContext<'_>,
+        dispatch: &Dispatch,
+        paths: &AttemptPaths,
+        ids: EnvIds<'_>,
+    ) -> Self {
+        let task = &dispatch.task;
+        let env = exec::clean_env(&paths.workspace, &paths.tmp, &task.env, ids);
+        let (arg0, args, env, refusal) = match &task.tool {
+            Tool::Exec(spec) => (spec.program.clone(), spec.args.clone(), env, None),
+            Tool::Claude(spec) => {
+                let is_root = nix::unistd::geteuid().is_root();
+                let decision = claude::root_bypass(
+                    spec.permission_mode.as_deref(),
+                    is_root,
+                    cx.claude.allow_bypass_as_root,
+                );
+                let refusal = match decision {
+                    RootBypass::Plain => None,
+                    RootBypass::Sandbox => {
+                        info!(
+                            task_id = %task.id,
+                            "the worker runs as root and the task asks for bypassPermissions: \
+                             setting IS_SANDBOX=1 because allow_bypass_as_root is on"
+                        );
+                        None
+                    }
+                    RootBypass::Refuse => Some(claude::refusal()),
+                };
+                let env = claude::env(env, cx.claude, decision == RootBypass::Sandbox);
+                let arg0 = cx.claude.program.to_string_lossy().into_owned();
+                (arg0, claude::args(spec), env, refusal)
+            }
+        };
+        let path_var = env.get("PATH").map_or(exec::DEFAULT_PATH, String::as_str);
+        let program = exec::resolve_program(&arg0, path_var, &paths.workspace);
+        Self { program, arg0, args, env, refusal }
+    }
 }
 
 /// Runs one attempt of a dispatch to its end.
 ///
-/// Sends exactly one `Started` (with `pid: None` when nothing was spawned: dry run, bad
-/// workspace, failed staging, spawn error), then `Output`/`OutputCapped` events. The caller
+/// Sends exactly one `Started` (with `pid: None` when nothing was spawned: dry run, a `claude`
+/// task refused before spawning, bad workspace, failed staging, spawn error), then `Output`/`OutputCapped` events. The caller
 /// publishes `Finished` with the returned result.
 pub async fn run_attempt(
     cx: &AttemptContext<'_>,
@@ -92,15 +150,21 @@ pub async fn run_attempt(
         stdout_bytes: 0,
         stderr_bytes: 0,
         artifacts: Vec::new(),
+        claude: None,
     };
-    let Tool::Exec(spec) = &task.tool;
-    let path_var = task.env.get("PATH").map_or(exec::DEFAULT_PATH, String::as_str);
-    let resolved = exec::resolve_program(&spec.program, path_var, &paths.workspace);
-    let argv: Vec<String> = std::iter::once(match &resolved {
+    let ids = EnvIds {
+        run_id: cx.run_id.as_str(),
+        task_id: task.id.as_str(),
+        attempt: dispatch.attempt,
+        trace_id: cx.trace_id,
+        span_id: cx.span_id,
+    };
+    let launch = Launch::new(cx, dispatch, &paths, ids);
+    let argv: Vec<String> = std::iter::once(match &launch.program {
         Ok(p) => p.to_string_lossy().into_owned(),
-        Err(_) => spec.program.clone(),
+        Err(_) => launch.arg0.clone(),
     })
-    .chain(spec.args.iter().cloned())
+    .chain(launch.args.iter().cloned())
     .collect();
 
     let mut not_spawned = |events: EventSink<'_>, failure: Option<Failure>| {
@@ -121,6 +185,9 @@ pub async fn run_attempt(
     if dispatch.dry_run {
         return not_spawned(events, None);
     }
+    if let Some(failure) = launch.refusal.clone() {
+        return not_spawned(events, Some(failure));
+    }
     if let Err(e) = paths.create() {
         return not_spawned(events, Some(Failure::from_error(FailureKind::Internal, &e)));
     }
@@ -136,27 +203,18 @@ pub async fn run_attempt(
             return not_spawned(events, Some(failure));
         }
     }
-    let program = match resolved {
+    let program = match &launch.program {
         Ok(p) => p,
         Err(e) => {
             return not_spawned(events, Some(e.to_failure()));
         }
     };
 
-    let span_id = cx.span_id;
-    let ids = EnvIds {
-        run_id: cx.run_id.as_str(),
-        task_id: task.id.as_str(),
-        attempt: dispatch.attempt,
-        trace_id: cx.trace_id,
-        span_id,
-    };
-    let env = exec::clean_env(&paths.workspace, &paths.tmp, &task.env, ids);
     let req = ExecRequest {
-        program: &program,
-        arg0: &spec.program,
-        args: &spec.args,
-        env: &env,
+        program,
+        arg0: &launch.arg0,
+        args: &launch.args,
+        env: &launch.env,
         cwd: &paths.workspace,
         stdout_path: &paths.stdout,
         stderr_path: &paths.stderr,
@@ -178,7 +236,21 @@ pub async fn run_attempt(
     result.signal = report.signal;
     result.stdout_bytes = report.stdout_bytes;
     result.stderr_bytes = report.stderr_bytes;
-    result.outcome = match report.failure {
+    let mut failure = report.failure;
+    if matches!(task.tool, Tool::Claude(_)) {
+        let stdout = read_output(&paths.stdout).await;
+        let stderr = read_output(&paths.stderr).await;
+        let ended = claude::Ended {
+            failure,
+            exit_code: report.exit_code,
+            stdout: &stdout,
+            stderr: &stderr,
+        };
+        let (claude, concluded) = claude::conclude(ended);
+        result.claude = claude;
+        failure = concluded;
+    }
+    result.outcome = match failure {
         Some(failure) => Outcome::Failed { failure },
         None if task.outputs.is_empty() => Outcome::Succeeded {},
         None => {
@@ -202,6 +274,19 @@ pub async fn run_attempt(
     };
     result.finished_at = Timestamp::now();
     result
+}
+
+/// An output file of the attempt as text; empty when the stream wrote nothing.
+async fn read_output(path: &Path) -> String {
+    match tokio::fs::read(path).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(e) => {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %path.display(), error = %e, "failed to read an attempt's output");
+            }
+            String::new()
+        }
+    }
 }
 
 /// Runs file work off the async threads; an artifact error becomes an `Artifact` failure.

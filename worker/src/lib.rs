@@ -13,6 +13,9 @@
 //! - the worker keeps no state between attempts beyond the files of the run directory; a
 //!   delivery is acked only after its `Finished` event was published.
 //!
+//! Tools: `exec` (a program with arguments) and `claude` (the Claude Code CLI as a sub-agent,
+//! see [`claude`]); both run through [`exec`].
+//!
 //! Layers: [`service`] (bus I/O) → [`attempt`] (one attempt, bus-free) → [`exec`] (the process)
 //! and [`artifacts`] (file copies). `unsafe` is allowed only in the private `sandbox` module.
 
@@ -20,6 +23,7 @@
 
 pub mod artifacts;
 pub mod attempt;
+pub mod claude;
 pub mod exec;
 pub mod orphans;
 #[allow(unsafe_code)]
@@ -27,5 +31,6 @@ mod sandbox;
 pub mod service;
 
 pub use attempt::{AttemptContext, AttemptPaths, run_attempt};
+pub use claude::ClaudeToolConfig;
 pub use exec::{EventSink, ExecReport, ExecRequest, SpawnError, execute};
 pub use service::{WorkerConfig, WorkerError, WorkerOptions, run, run_with_options};

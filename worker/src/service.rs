@@ -49,6 +49,8 @@ pub struct WorkerOptions {
     /// ~0.1 ms per attempt in measurements (more in a large process). Graceful shutdown ends
     /// attempts either way, and only the leader gets the signal, not the rest of its group.
     pub die_with_worker: bool,
+    /// How `claude` tasks run the Claude Code CLI.
+    pub claude: crate::claude::ClaudeToolConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +314,7 @@ async fn run_dispatch(
         span_id: &span_id,
         worker_id: &shared.config.worker_id,
         die_with_worker: shared.options.die_with_worker,
+        claude: &shared.options.claude,
     };
     let publish = |event: TaskEvent| {
         let payload = Bytes::from(codec::encode(&ctx.envelope(Timestamp::now(), event)));

@@ -8,14 +8,18 @@ use orchestra_proto::{
     AttemptResult, Dispatch, FailureKind, InputRef, Outcome, RunId, SpanId, Stream, TaskEvent,
     TaskId, TaskSpec, TraceId,
 };
-use orchestra_worker::{AttemptContext, run_attempt};
+use orchestra_worker::{AttemptContext, ClaudeToolConfig, run_attempt};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 const TASK: &str = "t1";
+
+/// These attempts run no `claude` task.
+static NO_CLAUDE: LazyLock<ClaudeToolConfig> = LazyLock::new(ClaudeToolConfig::default);
 
 fn sh(script: &str) -> Dispatch {
     exec("sh", &["-c", script])
@@ -104,6 +108,7 @@ impl Run {
             span_id: &span_id,
             worker_id: "w1",
             die_with_worker: self.die_with_worker,
+            claude: &NO_CLAUDE,
         };
         let mut events = Vec::new();
         let mut sink = |e: TaskEvent| events.push(e);
@@ -548,6 +553,7 @@ fn context<'a>(
         span_id: &ids.2,
         worker_id: "w1",
         die_with_worker,
+        claude: &NO_CLAUDE,
     }
 }
 

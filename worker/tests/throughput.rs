@@ -12,7 +12,7 @@ use orchestra_proto::{
     TraceId, codec, subjects,
 };
 use orchestra_worker::WorkerConfig;
-use orchestra_worker::{AttemptContext, run_attempt};
+use orchestra_worker::{AttemptContext, ClaudeToolConfig, run_attempt};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -43,6 +43,7 @@ async fn worker() -> Duration {
         let (dir, next) = (dir.clone(), next.clone());
         lanes.push(tokio::spawn(async move {
             let (run_id, trace_id) = (RunId::new_unchecked("r"), TraceId::generate());
+            let claude = ClaudeToolConfig::default();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= N {
@@ -56,6 +57,7 @@ async fn worker() -> Duration {
                     span_id: &span_id,
                     worker_id: "w",
                     die_with_worker: false,
+                    claude: &claude,
                 };
                 let mut events = Vec::new();
                 let mut sink = |e: TaskEvent| events.push(e);

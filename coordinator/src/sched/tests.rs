@@ -54,6 +54,8 @@ fn options(max_parallel: u32) -> RunOptions {
         output_cap_bytes: 1 << 20,
         kill_grace_ms: 2_000,
         max_tasks: 10_000,
+        max_llm_calls: 4,
+        max_cost_usd: None,
     }
 }
 
@@ -76,6 +78,7 @@ fn result(outcome: Outcome, artifacts: Vec<ArtifactRecord>) -> AttemptResult {
         stdout_bytes: 0,
         stderr_bytes: 0,
         artifacts,
+        claude: None,
     }
 }
 
@@ -466,6 +469,7 @@ fn attempt_records_are_filled() {
             signal: None,
             failure: None,
             succeeded: true,
+            claude: None,
         }]
     );
     let b = &sim.record("b").attempts[0];
@@ -1042,4 +1046,111 @@ fn a_reopened_cancelled_run_runs_what_was_cancelled_and_skips_behind_failures() 
         [TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Pending, TaskStatus::Pending]
     );
     assert!(tasks[2].reason.is_none() && tasks[0].reason.is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Money: `claude` tasks count against the run's `max_cost_usd`
+
+fn claude_plan(tasks: &[(&str, &[&str], Option<f64>)]) -> CheckedPlan {
+    let plan = Plan {
+        name: "test".into(),
+        goal: None,
+        tasks: tasks
+            .iter()
+            .map(|(t, d, budget)| TaskSpec {
+                tool: Tool::Claude(orchestra_proto::ClaudeSpec {
+                    prompt: "do it".into(),
+                    allowed_tools: vec![],
+                    permission_mode: None,
+                    max_turns: None,
+                    max_budget_usd: *budget,
+                    model: None,
+                }),
+                ..spec(t, d, &no_retry())
+            })
+            .collect(),
+    };
+    validate(&plan, &PlanLimits { max_tasks: u32::MAX, max_depends: u32::MAX }).unwrap()
+}
+
+fn claude_ok(task: &str, attempt: u32, cost: f64) -> Input {
+    let mut r = result(Outcome::Succeeded {}, vec![]);
+    r.claude = Some(orchestra_proto::ClaudeReport {
+        result: Some("done".into()),
+        session_id: None,
+        turns: 2,
+        cost_usd: cost,
+        input_tokens: 10,
+        output_tokens: 5,
+        permission_denials: vec![],
+        model: None,
+    });
+    Input::AttemptFinished { task_id: id(task), attempt, result: r }
+}
+
+fn granted(fx: &[Effect]) -> Vec<(String, Option<f64>)> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch(d) => match &d.task.tool {
+                Tool::Claude(c) => Some((d.task.id.to_string(), c.max_budget_usd)),
+                Tool::Exec(_) => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn claude_tasks_get_at_most_the_remaining_run_budget() {
+    let plan = claude_plan(&[("a", &[], Some(0.3)), ("b", &[], None), ("c", &["a", "b"], None)]);
+    let mut s = Scheduler::new(plan, RunOptions { max_cost_usd: Some(1.0), ..options(4) }, 7)
+        .with_spent(0.2);
+    let fx = s.handle(Timestamp::from_millis(0), Input::Start);
+    // a asks for 0.3 of the 0.8 left; b gets what remains after a's reservation.
+    let g = granted(&fx);
+    assert_eq!(g[0], ("a".into(), Some(0.3)));
+    assert_eq!(g[1].0, "b");
+    assert!((g[1].1.unwrap() - 0.5).abs() < 1e-9, "{g:?}");
+    s.handle(Timestamp::from_millis(1), claude_ok("a", 1, 0.25));
+    s.handle(Timestamp::from_millis(2), claude_ok("b", 1, 0.5));
+    assert!((s.spent_usd() - 0.95).abs() < 1e-9);
+    // 0.05 left for c.
+    let fx = s.handle(Timestamp::from_millis(3), Input::Tick);
+    let g = granted(&fx);
+    assert!(g.is_empty(), "c was dispatched by the finish of b: {g:?}");
+}
+
+#[test]
+fn a_claude_task_is_not_started_when_the_budget_is_spent() {
+    let plan = claude_plan(&[("a", &[], None), ("b", &["a"], None), ("after", &["b"], None)]);
+    let mut s = Scheduler::new(plan, RunOptions { max_cost_usd: Some(0.5), ..options(2) }, 7);
+    let fx = s.handle(Timestamp::from_millis(0), Input::Start);
+    assert_eq!(granted(&fx), vec![("a".to_string(), Some(0.5))]);
+    let fx = s.handle(Timestamp::from_millis(1), claude_ok("a", 1, 0.5));
+    assert!(granted(&fx).is_empty());
+    let failed = fx.iter().find_map(|e| match e {
+        Effect::Emit(RunEvent::TaskFailed { task_id, failure, .. }) => {
+            Some((task_id.clone(), failure.clone()))
+        }
+        _ => None,
+    });
+    let (task, failure) = failed.expect("b failed for budget");
+    assert_eq!(task, id("b"));
+    assert_eq!(failure.kind, FailureKind::Budget);
+    assert!(failure.message.contains("budget of $0.5000 is spent"), "{}", failure.message);
+    let statuses: Vec<_> = s.tasks().iter().map(|t| t.status).collect();
+    assert_eq!(statuses, vec![TaskStatus::Succeeded, TaskStatus::Failed, TaskStatus::Skipped]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Finished(o) if o.status == RunStatus::Failed)));
+}
+
+#[test]
+fn restored_runs_count_what_claude_attempts_already_spent() {
+    let plan = claude_plan(&[("a", &[], None), ("b", &["a"], None)]);
+    let opts = RunOptions { max_cost_usd: Some(1.0), ..options(2) };
+    let mut s = Scheduler::new(plan.clone(), opts.clone(), 7);
+    s.handle(Timestamp::from_millis(0), Input::Start);
+    s.handle(Timestamp::from_millis(1), claude_ok("a", 1, 0.75));
+    let records = s.tasks().to_vec();
+    let restored = Scheduler::restore(plan, opts, 7, records).with_spent(0.125);
+    assert!((restored.spent_usd() - 0.875).abs() < 1e-9);
 }
