@@ -150,11 +150,28 @@ fn source(cfg: &ConfigFile, args: &RunArgs) -> anyhow::Result<(Source, Option<St
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut goal = scenario.goal_request(cfg, &base)?;
         goal.no_cache = args.no_cache;
+        goal.policy_summary = policy_summary(cfg, &goal);
         let copy = if args.file.is_some() { None } else { scenario_text.clone() };
         return Ok((Source::Goal { goal: Box::new(goal), file, text: scenario_text }, copy));
     }
     let plan = scenario.to_plan(cfg);
     Ok((Source::Plan { plan, file, text: scenario_text }, None))
+}
+
+/// The rules a planned run lives under, in words for the model (part of the plan cache key).
+fn policy_summary(cfg: &ConfigFile, goal: &GoalRequest) -> String {
+    let l = &cfg.limits;
+    let timeout = humantime::format_duration(Duration::from_millis(goal.defaults.timeout_ms));
+    let mut s = format!(
+        "every task runs as a subprocess in its own empty workspace with a clean environment; \
+         an attempt is ended after {} unless the task sets `timeout_seconds`; output beyond {} \
+         per stream ends the attempt; at most {} tasks",
+        timeout, l.output_cap, l.max_tasks
+    );
+    if let Some(usd) = l.max_cost_usd {
+        s.push_str(&format!("; the run may spend at most ${usd} on models, claude tasks included"));
+    }
+    s
 }
 
 /// A plan file (`plan.json`), with the location of a syntax or shape error.
@@ -636,7 +653,8 @@ fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
             orchestra_proto::Tool::Exec(e) => std::iter::once(e.program.as_str())
                 .chain(e.args.iter().map(String::as_str))
                 .collect::<Vec<_>>()
-                .join(" "),
+                .join(" ")
+                .replace('\n', "\\n"),
             orchestra_proto::Tool::Claude(c) => {
                 let prompt: String = c.prompt.chars().take(60).collect();
                 let more = if c.prompt.chars().count() > 60 { "…" } else { "" };
@@ -704,7 +722,11 @@ fn config(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<u8> {
                 }
                 FileKind::Scenario => {
                     let s = settings::load_scenario(file)?;
-                    println!("{}: valid scenario ({} tasks)", file.display(), s.tasks.len());
+                    if s.is_goal() {
+                        println!("{}: valid scenario (a goal for a model to plan)", file.display());
+                    } else {
+                        println!("{}: valid scenario ({} tasks)", file.display(), s.tasks.len());
+                    }
                 }
             }
             Ok(exit::SUCCESS)

@@ -175,3 +175,92 @@ fn rules(goal: &GoalRequest) -> Vec<String> {
     }
     rules
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_replaces_one_template_and_changes_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("goal.md.j2"),
+            "GOAL={{ goal }} TOOLS={{ tools | join(\",\") }}",
+        )
+        .unwrap();
+        let custom = Prompts::with_overrides(dir.path()).unwrap();
+        assert_eq!(custom.overridden(), ["goal.md.j2"]);
+        assert_ne!(custom.version(), Prompts::default().version());
+        let goal = GoalRequest {
+            name: "n".into(),
+            goal: "ship it".into(),
+            context: vec![],
+            tools: orchestra_proto::ToolRules {
+                tools: vec!["exec".into(), "claude".into()],
+                programs: vec![],
+            },
+            defaults: orchestra_proto::TaskDefaults { timeout_ms: 1000, retry: Default::default() },
+            policy_summary: String::new(),
+            no_cache: false,
+        };
+        let r = custom.goal(&goal, &serde_json::json!({"type": "object"})).unwrap();
+        assert_eq!(r.user, "GOAL=ship it TOOLS=exec,claude");
+        // The other templates are still the built-in ones.
+        assert!(r.system.contains("You are the planner of orchestra"), "{}", r.system);
+    }
+
+    #[test]
+    fn a_broken_override_fails_at_load_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("repair.md.j2"), "{% for p in problems %}").unwrap();
+        let err = Prompts::with_overrides(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("repair.md.j2"), "{err}");
+        std::fs::write(dir.path().join("repair.md.j2"), "{{ no_such_variable }}").unwrap();
+        let err = Prompts::with_overrides(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("repair.md.j2") && err.contains("undefined"), "{err}");
+    }
+
+    #[test]
+    fn the_builtin_prompt_carries_goal_context_rules_and_schema() {
+        let goal = GoalRequest {
+            name: "build".into(),
+            goal: "compile and test".into(),
+            context: vec![orchestra_proto::ContextFile {
+                path: "Makefile".into(),
+                sha256: "00".into(),
+                text: "all:\n\tcc main.c".into(),
+                truncated: true,
+            }],
+            tools: orchestra_proto::ToolRules {
+                tools: vec!["exec".into()],
+                programs: vec!["make".into(), "cc".into()],
+            },
+            defaults: orchestra_proto::TaskDefaults {
+                timeout_ms: 90_500,
+                retry: Default::default(),
+            },
+            policy_summary: "no network".into(),
+            no_cache: false,
+        };
+        let r =
+            Prompts::default().goal(&goal, &serde_json::json!({"title": "SCHEMA-MARK"})).unwrap();
+        for want in [
+            "Goal: compile and test",
+            "--- Makefile (cut at the context limit) ---",
+            "cc main.c",
+            "Programs an `exec` task may run: make, cc.",
+            "Policy: no network",
+            "timeout 91 s",
+        ] {
+            assert!(r.user.contains(want), "missing {want:?} in:\n{}", r.user);
+        }
+        for want in [
+            "SCHEMA-MARK",
+            "`exec` tasks may run only these programs: make, cc",
+            "stay inside the policy: no network",
+            "Example.",
+        ] {
+            assert!(r.system.contains(want), "missing {want:?} in:\n{}", r.system);
+        }
+    }
+}
