@@ -254,7 +254,8 @@ impl Planner {
         let mut problems = vec![problem(
             "plan_invalid",
             format!(
-                "the model's plan was still invalid after {calls} calls; the last problems follow"
+                "the model's plan was still invalid after {calls} call{}; the last problems follow",
+                if calls == 1 { "" } else { "s" }
             ),
             Some(
                 "rephrase the goal, allow more repair rounds (llm.max_repair_rounds), or write the tasks yourself",
@@ -321,7 +322,11 @@ pub fn budget_problem(report: &PlanningReport, options: &RunOptions) -> Option<P
     if calls >= options.max_llm_calls {
         return Some(problem(
             "llm_budget",
-            format!("the run's limit of {} model calls is reached", options.max_llm_calls),
+            format!(
+                "the run's limit of {} model call{} is reached",
+                options.max_llm_calls,
+                if options.max_llm_calls == 1 { "" } else { "s" }
+            ),
             Some("raise limits.max_llm_calls in the config"),
         ));
     }
