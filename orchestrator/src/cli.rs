@@ -28,8 +28,8 @@ Planning with a model (a scenario with a `goal:` and no `tasks:`, or --goal):
 
 The run directory holds scenario.yaml, config.yaml, plan.json, plan.mmd, llm/ (every model call:
 prompt, raw answer, usage), logs.jsonl,
-tasks/<task>/<attempt>/{stdout,stderr}, artifacts/ + artifacts.json, summary.json, report.md
-and the run's state store (state/), which `orchestra resume` continues from.";
+tasks/<task>/<attempt>/{stdout,stderr}, artifacts/ + artifacts.json, summary.json, report.md,
+report.html and the run's state store (state/), which `orchestra resume` continues from.";
 
 #[derive(Debug, Parser)]
 #[command(name = "orchestra", version, about = ABOUT, long_about = LONG_ABOUT)]
@@ -65,6 +65,9 @@ pub enum Command {
     /// List and show the plans models made, kept in the plan cache
     #[command(subcommand)]
     Plans(PlansCommand),
+    /// Run scenarios N times and check each run against the scenario's `expect:` block
+    #[command(after_help = EVAL_AFTER)]
+    Eval(EvalArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +135,14 @@ pub struct CommonRunArgs {
     /// Print the run summary as JSON on stdout (progress still goes to stderr)
     #[arg(long)]
     pub json: bool,
+
+    /// Print nothing on stdout (set by `orchestra eval` for the runs it makes)
+    #[arg(skip)]
+    pub silent: bool,
+
+    /// Render report.md from this minijinja template instead of the built-in one
+    #[arg(long, env = "ORCHESTRA_REPORT_TEMPLATE", value_name = "FILE")]
+    pub report_template: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,8 +167,20 @@ pub enum ConfigCommand {
     /// Print the JSON Schema of the config (or scenario) file, for editors
     Schema {
         #[arg(value_enum, default_value = "config")]
-        kind: FileKind,
+        kind: SchemaKind,
     },
+}
+
+/// Documents `config schema` describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// orchestra.yaml
+    Config,
+    /// A scenario file
+    Scenario,
+    /// A run's summary.json (also `orchestra run --json`), as checked in at
+    /// docs/summary.schema.json
+    Summary,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -257,4 +280,67 @@ pub enum PlansCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+const EVAL_AFTER: &str = "\
+Examples:
+  orchestra eval examples/eval --llm scripted:examples/eval/goal-answers   the benchmarks, offline
+  orchestra eval examples/eval/build.yaml --repeat 5       pass rate over 5 trials
+  orchestra eval my-scenarios/ --json | jq '.scenarios[] | {name, pass_rate}'
+
+A scenario's `expect:` block (every field optional; each one is a check):
+  expect:
+    status: succeeded                  # or failed, cancelled
+    tasks: { test: succeeded, deploy: skipped }
+    artifacts:                         # task/path; must be collected and in artifacts/
+      - { path: test/out.txt, contains: \"3 passed\" }
+      - { path: test/out.txt, matches: '^ok [0-9]+$' }   # ^ $ match at line starts and ends
+      - { path: merge/data.csv, sha256: 2c26b46b68ffc68f… }
+    max_duration: 30s
+    max_cost_usd: 0.10
+
+Each trial is a full `orchestra run` (same code, in this process) in
+<out>/<eval-id>/<scenario>/<trial>/<run-id>/. Goal scenarios ask the model in every trial
+unless --use-cache. eval.json and eval.md are written to <out>/<eval-id>/: per scenario the pass
+rate with its 95% Wilson interval, durations, cost per verified success and the reasons of
+failed checks, counted.
+
+Exit codes: 0 every scenario passed every trial, 1 an expectation was missed, 2 usage errors
+(a bad path, a scenario without `expect:`, an invalid `expect:` block), 130 interrupted.";
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Scenario files, or directories: every *.yaml scenario in them with an `expect:` block
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Trials per scenario
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub repeat: u32,
+
+    /// Planning backend of goal scenarios, as for `run` (e.g. scripted:DIR for recorded answers)
+    #[arg(long, value_name = "BACKEND", value_parser = crate::llm::parse_choice, env = "ORCHESTRA_LLM")]
+    pub llm: Option<crate::llm::LlmChoice>,
+
+    /// Model for planning [default: llm.model, else the backend's default]
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+
+    /// Let goal scenarios take plans from the plan cache (by default every trial asks the model)
+    #[arg(long)]
+    pub use_cache: bool,
+
+    /// Worker slots of each run [default: from config, 2]
+    #[arg(long, short = 'j', env = "ORCHESTRA_WORKERS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+
+    /// Where eval directories are created
+    #[arg(long, env = "ORCHESTRA_EVAL_DIR", value_name = "DIR", default_value = "eval")]
+    pub out: PathBuf,
+
+    /// Print eval.json on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
 }

@@ -3,6 +3,7 @@
 
 use crate::cli::{
     Cli, Command, CommonRunArgs, ConfigCommand, FileKind, PlansCommand, ResumeArgs, RunArgs,
+    SchemaKind,
 };
 use crate::diagnostic::Diagnostic;
 use crate::exit;
@@ -32,6 +33,7 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Config(cmd) => config(&cli, cmd),
         Command::Runs(args) => crate::runs::command(&cli, args),
         Command::Plans(cmd) => plans(&cli, cmd),
+        Command::Eval(args) => crate::eval::command(&cli, args).await,
     };
     match result {
         Ok(code) => code,
@@ -193,10 +195,16 @@ fn parse_plan(path: &Path, text: &str) -> anyhow::Result<Plan> {
     })
 }
 
-async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
+/// `orchestra run`; also each trial of `orchestra eval`.
+pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let mut cfg = load_config(cli)?;
     apply_overrides(&mut cfg, &args.common)?;
     let log = logging::init(&console_level(cli, &cfg));
+    if let Some(template) = &args.common.report_template {
+        report::check_template(template).map_err(|e| {
+            usage(e.describe(), Some("fix the template, or leave out --report-template"))
+        })?;
+    }
     let (source, synthesized) = source(&cfg, args)?;
     let planner = match &source {
         Source::Goal { .. } => {
@@ -337,17 +345,8 @@ async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             prepare_workspaces(&run_dir, &plan);
             let total = plan.tasks.len() as u32;
             let progress = Progress::new(log.clone(), total, cli.quiet, cfg.logging.format);
-            follow(
-                cluster,
-                &ctx,
-                events,
-                progress,
-                &log,
-                &run_dir,
-                args.common.json,
-                options.dry_run,
-            )
-            .await
+            follow(cluster, &ctx, events, progress, &log, &run_dir, &args.common, options.dry_run)
+                .await
         }
         RunReply::Resumed { .. } => anyhow::bail!("the coordinator answered a start with a resume"),
     }
@@ -471,14 +470,14 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
                 progress,
                 &log,
                 &run_dir,
-                args.common.json,
+                &args.common,
                 record.options.dry_run,
             )
             .await
         }
         RunReply::Resumed { status, .. } => {
             eprintln!("run {run_id} already finished: {}", status.as_str());
-            finish(cluster, &ctx, &log, &run_dir, args.common.json, false).await
+            finish(cluster, &ctx, &log, &run_dir, &args.common, false).await
         }
         RunReply::Rejected { problems, .. } => {
             cluster.shutdown().await;
@@ -552,7 +551,7 @@ async fn follow(
     mut progress: Progress,
     log: &RunLog,
     run_dir: &Path,
-    json: bool,
+    common: &CommonRunArgs,
     dry_run: bool,
 ) -> anyhow::Result<u8> {
     let bus = cluster.bus();
@@ -597,7 +596,7 @@ async fn follow(
         }
     }
     progress.finish();
-    finish(cluster, ctx, log, run_dir, json, interrupted).await
+    finish(cluster, ctx, log, run_dir, common, interrupted).await
 }
 
 /// Stops the cluster, writes summary/artifacts/report, prints the outcome.
@@ -606,24 +605,39 @@ async fn finish(
     ctx: &Ctx,
     log: &RunLog,
     run_dir: &Path,
-    json: bool,
+    common: &CommonRunArgs,
     interrupted: bool,
 ) -> anyhow::Result<u8> {
     let record = cluster.store().run(&ctx.run_id)?.context("the run vanished from its store")?;
     let tasks = cluster.store().tasks(&ctx.run_id)?;
     cluster.shutdown().await;
     let summary = report::summarize(&record, &tasks, Timestamp::now());
-    report::write_all(run_dir, &summary).context("cannot write the run's summary and report")?;
+    // A broken --report-template is the user's to fix (exit 2), after every other output is
+    // written and the outcome printed.
+    let template_error =
+        match report::write_all(run_dir, &summary, common.report_template.as_deref()) {
+            Ok(()) => None,
+            Err(e) if e.is_template() => Some(e),
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot write the run's report")),
+        };
     let headline = report::headline(&summary);
     log.console(Level::INFO, &headline, None);
     log.console(Level::INFO, &format!("run directory: {}", run_dir.display()), None);
     log.close();
-    if json {
+    if common.silent {
+        // `orchestra eval` made this run; it reads summary.json and prints its own output.
+    } else if common.json {
         use std::io::Write;
         std::io::stdout().write_all(&report::pretty_json(&summary))?;
     } else {
         println!("{headline}");
         println!("run directory: {}", run_dir.display());
+    }
+    if let Some(e) = template_error {
+        return Err(usage(
+            e.describe(),
+            Some("fix the template, or drop --report-template; the other outputs are written"),
+        ));
     }
     Ok(if interrupted {
         exit::INTERRUPTED
@@ -695,6 +709,21 @@ pub fn render_problems(file: &Path, text: Option<&str>, problems: &[PlanProblem]
     out
 }
 
+/// The JSON Schema of `summary.json`, generated from the type that writes it (checked in as
+/// `docs/summary.schema.json`; a test keeps the two equal).
+pub fn summary_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(orchestra_proto::summary::Summary);
+    schema.insert("title".into(), "orchestra run summary (summary.json)".into());
+    schema.insert(
+        "description".into(),
+        "The machine-readable outcome of one run: every number report.md shows. Written as \
+         summary.json in the run directory and printed by `orchestra run --json`. \
+         `schema_version` changes when a field changes meaning or is removed."
+            .into(),
+    );
+    schema.to_value()
+}
+
 fn config(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<u8> {
     let _ = cli;
     match cmd {
@@ -733,8 +762,9 @@ fn config(cli: &Cli, cmd: &ConfigCommand) -> anyhow::Result<u8> {
         }
         ConfigCommand::Schema { kind } => {
             let schema = match kind {
-                FileKind::Config => settings::config_schema(),
-                FileKind::Scenario => settings::scenario_schema(),
+                SchemaKind::Config => settings::config_schema(),
+                SchemaKind::Scenario => settings::scenario_schema(),
+                SchemaKind::Summary => summary_schema(),
             };
             use std::io::Write;
             std::io::stdout().write_all(&report::pretty_json(&schema))?;

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod commands;
 pub mod diagnostic;
+pub mod eval;
 pub mod exit;
 pub mod llm;
 pub mod local;

@@ -169,7 +169,15 @@ where
 
 /// Installs the global subscriber: human logs on stderr at `console_level` (overridable with
 /// `RUST_LOG`), and everything at debug and above into the run log once it is opened.
+///
+/// Safe to call again (`orchestra eval` runs many runs in one process): later calls return the
+/// run log of the first and keep its console level.
 pub fn init(console_level: &str) -> RunLog {
+    static INSTALLED: std::sync::OnceLock<RunLog> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| install(console_level)).clone()
+}
+
+fn install(console_level: &str) -> RunLog {
     let log = RunLog::default();
     let console_filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,orchestra={console_level}")));

@@ -1,36 +1,87 @@
-//! What a run leaves for people and machines: `summary.json`, `artifacts.json`, `report.md`.
+//! What a run leaves for people and machines: `summary.json`, `artifacts.json`, `report.md`
+//! and `report.html`.
 //!
-//! [`summarize`] is pure: the stored run state in, the summary out.
+//! [`summarize`] is pure: the stored run state in, the summary out. Every number a report
+//! shows comes from the [`Summary`]; rendering reads the run directory only for the first
+//! stderr lines of failed attempts. `report.md` comes from a minijinja template (built in, or
+//! the user's `--report-template`); `report.html` from a built-in template with the DAG and
+//! the timeline drawn as inline SVG, no scripts and nothing fetched at view time.
+
+mod mermaid;
+mod render;
+mod svg;
+
+pub use mermaid::{dag_mermaid, gantt_mermaid, plan_mermaid};
+pub use render::{
+    DEFAULT_HTML_TEMPLATE, DEFAULT_MARKDOWN_TEMPLATE, render_html, render_markdown,
+    render_markdown_with,
+};
+pub use svg::{dag_svg, timeline_svg};
 
 use orchestra_proto::summary::{
-    AttemptSummary, DurationStats, LlmTotals, Summary, TaskSummary, Totals,
+    AttemptSummary, DurationStats, LlmTotals, Protection, Summary, TaskSummary, Totals,
 };
 use orchestra_proto::{
-    ArtifactRecord, FailureKind, RunRecord, RunStatus, Stream, TaskRecord, TaskStatus, Timestamp,
-    layout,
+    ArtifactRecord, FailureKind, RunRecord, Stream, TaskRecord, TaskStatus, Timestamp, Tool, layout,
 };
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Version of the `summary.json` shape.
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
 
+/// `report.html`, next to `report.md` in the run directory.
+pub const REPORT_HTML: &str = layout::REPORT_HTML;
+
+/// Why the report files could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("cannot read the report template `{}`", path.display())]
+    ReadTemplate {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot render the report template `{}`", path.display())]
+    Template {
+        path: PathBuf,
+        /// The template line the error is on, when known.
+        excerpt: Option<String>,
+        #[source]
+        source: minijinja::Error,
+    },
+    #[error("cannot write `{}`", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReportError {
+    /// The user's template is unreadable or broken (a usage error), rather than the disk.
+    pub fn is_template(&self) -> bool {
+        matches!(self, Self::ReadTemplate { .. } | Self::Template { .. })
+    }
+
+    /// The whole story for a person: the error, its cause and the template line it is on.
+    pub fn describe(&self) -> String {
+        let mut out = self.to_string();
+        if let Some(cause) = std::error::Error::source(self) {
+            let _ = write!(out, ": {cause}");
+        }
+        if let Self::Template { excerpt: Some(line), .. } = self {
+            let _ = write!(out, "\n{line}");
+        }
+        out
+    }
+}
+
 /// Builds the summary of a run from its stored records. `now` ends a run that has not finished.
 pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summary {
     let by_id: BTreeMap<_, _> = tasks.iter().map(|t| (t.task_id.clone(), t)).collect();
-    let mut totals = Totals {
-        tasks: run.plan.tasks.len() as u32,
-        succeeded: 0,
-        failed: 0,
-        skipped: 0,
-        cancelled: 0,
-        unfinished: 0,
-        success_rate: 0.0,
-        attempts: 0,
-        retries: 0,
-        attempt_duration_ms: DurationStats::default(),
-    };
+    let mut totals = Totals { tasks: run.plan.tasks.len() as u32, ..Totals::default() };
     let mut durations = Vec::new();
     let mut failures_by_kind: BTreeMap<FailureKind, u32> = BTreeMap::new();
     let mut artifacts: Vec<ArtifactRecord> = Vec::new();
@@ -89,6 +140,12 @@ pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summa
         summaries.push(TaskSummary {
             id: t.task_id.clone(),
             status: t.status,
+            tool: match &spec.tool {
+                Tool::Exec(e) => e.program.clone(),
+                Tool::Claude(_) => "claude".to_owned(),
+            },
+            depends_on: spec.depends_on.clone(),
+            timeout_ms: spec.timeout_ms,
             reason: t.reason.clone(),
             attempts,
             duration_ms: task_ms,
@@ -115,7 +172,74 @@ pub fn summarize(run: &RunRecord, tasks: &[TaskRecord], now: Timestamp) -> Summa
         llm: llm_totals(run, tasks),
         artifacts,
         failures_by_kind,
+        protections: protections(run),
     }
+}
+
+/// What the worker does to every attempt today, and what it does not do yet (no rlimits,
+/// no Landlock, no network isolation): the report says so plainly.
+pub fn protections(run: &RunRecord) -> Vec<Protection> {
+    let o = &run.options;
+    let timeouts = run.plan.tasks.iter().map(|t| t.timeout_ms);
+    let timeout = match (timeouts.clone().min(), timeouts.max()) {
+        (Some(lo), Some(hi)) if lo == hi => format!("{} per attempt", fmt_ms(lo)),
+        (Some(lo), Some(hi)) => {
+            format!("{} to {} per attempt, set per task", fmt_ms(lo), fmt_ms(hi))
+        }
+        _ => "per attempt, set per task".to_owned(),
+    };
+    let p = |name: &str, active, detail: String| Protection { name: name.into(), active, detail };
+    vec![
+        p(
+            "process_group",
+            true,
+            format!(
+                "each attempt runs in its own process group; a timeout, a cancel or an output \
+                 overflow ends the whole group (SIGTERM, then SIGKILL after {})",
+                fmt_ms(o.kill_grace_ms)
+            ),
+        ),
+        p(
+            "clean_env",
+            true,
+            "the environment is cleared: only PATH, HOME, LANG, TMPDIR, the task's declared env \
+             and the ORCHESTRA_* ids reach the program"
+                .into(),
+        ),
+        p(
+            "workspace",
+            true,
+            "the working directory and HOME are the task's own directory under work/ in the \
+             run directory (a convention, not a confinement)"
+                .into(),
+        ),
+        p("timeout", true, format!("{timeout}; past it the attempt's process group is ended")),
+        p(
+            "output_cap",
+            true,
+            format!(
+                "{} kept per output stream; past it the attempt is ended",
+                fmt_bytes(o.output_cap_bytes)
+            ),
+        ),
+        p(
+            "rlimits",
+            false,
+            "not active: no memory, CPU-time or process-count limits are applied".into(),
+        ),
+        p(
+            "landlock",
+            false,
+            "not active: no filesystem confinement; a task can read and write whatever the \
+             orchestra user can"
+                .into(),
+        ),
+        p(
+            "network",
+            false,
+            "not active: no network isolation; a task can reach any host the machine can".into(),
+        ),
+    ]
 }
 
 /// Model use of a run: planning calls from the run record, `claude` attempts from the tasks.
@@ -160,8 +284,36 @@ pub fn stats(values: &mut [u64]) -> DurationStats {
     }
 }
 
-fn ms(v: u64) -> String {
-    if v >= 1000 { format!("{:.2}s", v as f64 / 1000.0) } else { format!("{v}ms") }
+/// A duration for people: `250ms`, `1.50s`, `2m05s`, `1h02m`.
+pub fn fmt_ms(v: u64) -> String {
+    match v {
+        0..1_000 => format!("{v}ms"),
+        1_000..60_000 => format!("{:.2}s", v as f64 / 1000.0),
+        60_000..3_600_000 => match (v / 60_000, v % 60_000 / 1000) {
+            (m, 0) => format!("{m}m"),
+            (m, s) => format!("{m}m{s:02}s"),
+        },
+        _ => match (v / 3_600_000, v % 3_600_000 / 60_000) {
+            (h, 0) => format!("{h}h"),
+            (h, m) => format!("{h}h{m:02}m"),
+        },
+    }
+}
+
+/// A size for people: `512 B`, `1.5 KiB`, `1 MiB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let text = format!("{v:.1}");
+    format!("{} {}", text.strip_suffix(".0").unwrap_or(&text), UNITS[unit])
 }
 
 /// The headline used on the console and in the report.
@@ -173,7 +325,7 @@ pub fn headline(s: &Summary) -> String {
         s.status.as_str(),
         t.succeeded,
         t.tasks,
-        ms(s.duration_ms)
+        fmt_ms(s.duration_ms)
     );
     for (n, label) in [(t.failed, "failed"), (t.skipped, "skipped"), (t.cancelled, "cancelled")] {
         if n > 0 {
@@ -190,204 +342,46 @@ pub fn headline(s: &Summary) -> String {
     line
 }
 
-fn first_lines(run_dir: &Path, rel: &str, n: usize) -> Vec<String> {
-    std::fs::read(run_dir.join(rel))
-        .map(|b| String::from_utf8_lossy(&b).lines().take(n).map(str::to_owned).collect())
-        .unwrap_or_default()
+/// Reads a user's `report.md` template and checks its syntax, so that a typo is found before
+/// a run starts rather than after it ends (values it uses are checked when it renders).
+pub fn check_template(path: &Path) -> Result<(), ReportError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ReportError::ReadTemplate { path: path.to_owned(), source })?;
+    let env = minijinja::Environment::new();
+    env.template_from_str(&text).map(|_| ()).map_err(|source| ReportError::Template {
+        path: path.to_owned(),
+        excerpt: None,
+        source,
+    })
 }
 
-/// Renders `report.md`. Reads the first stderr lines of failed attempts from the run directory.
-pub fn render_markdown(s: &Summary, run_dir: &Path) -> String {
-    let mut md = String::new();
-    let icon = match s.status {
-        RunStatus::Succeeded => "✅",
-        RunStatus::Failed => "❌",
-        RunStatus::Cancelled => "⏹️",
-        RunStatus::Running => "⏳",
+/// Writes `summary.json`, `artifacts.json`, `report.html` and `report.md` into the run
+/// directory, `report.md` from `template` when given (else the built-in one). A broken
+/// template fails last, after every other file is written, and leaves no `report.md`.
+pub fn write_all(run_dir: &Path, s: &Summary, template: Option<&Path>) -> Result<(), ReportError> {
+    let write = |name: &str, bytes: &[u8]| {
+        let path = run_dir.join(name);
+        std::fs::write(&path, bytes).map_err(|source| ReportError::Write { path, source })
     };
-    let _ = writeln!(md, "# {icon} {}\n", s.name);
-    let _ = writeln!(md, "**{}**\n", headline(s));
-    let _ = writeln!(md, "- run: `{}`", s.run_id);
-    let _ = writeln!(md, "- trace: `{}`", s.trace_id);
-    let _ = writeln!(md, "- started: {}", s.started_at.rfc3339());
-    if s.dry_run {
-        let _ = writeln!(md, "- dry run: nothing was spawned");
-    }
-    let t = &s.totals;
-    let d = &t.attempt_duration_ms;
-    let _ = writeln!(md, "\n## Metrics\n");
-    let _ = writeln!(md, "| success rate | attempts | retries | mean | p50 | p95 | max |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-    let _ = writeln!(
-        md,
-        "| {:.0}% | {} | {} | {} | {} | {} | {} |",
-        t.success_rate * 100.0,
-        t.attempts,
-        t.retries,
-        ms(d.mean.round() as u64),
-        ms(d.p50),
-        ms(d.p95),
-        ms(d.max)
-    );
-    if let Some(l) = &s.llm {
-        let _ = writeln!(md, "\n## Model use\n");
-        let _ = writeln!(
-            md,
-            "| planning | calls | repair rounds | claude attempts | tokens in | tokens out | cost |"
-        );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|");
-        let planning = match (&l.backend, &l.model) {
-            (Some(b), _) if l.plan_cached => format!("{b} (plan from cache)"),
-            (Some(b), Some(m)) => format!("{b} `{m}`"),
-            (Some(b), None) => b.clone(),
-            (None, _) => "explicit tasks".into(),
-        };
-        let _ = writeln!(
-            md,
-            "| {planning} | {} | {} | {} | {} | {} | ${:.4} (planning ${:.4}, claude ${:.4}) |",
-            l.planning_calls,
-            l.repair_rounds,
-            l.claude_attempts,
-            l.input_tokens,
-            l.output_tokens,
-            l.cost_usd,
-            l.planning_cost_usd,
-            l.claude_cost_usd
-        );
-    }
-    let _ = writeln!(md, "\n## Tasks\n");
-    let _ = writeln!(md, "| task | status | attempts | duration | exit | note |");
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
-    for task in &s.tasks {
-        let last = task.attempts.last();
-        let exit = last
-            .and_then(|a| {
-                a.exit_code.map(|c| c.to_string()).or(a.signal.map(|sig| format!("signal {sig}")))
-            })
-            .unwrap_or_default();
-        let note = task
-            .reason
-            .clone()
-            .or_else(|| last.and_then(|a| a.failure.as_ref()).map(|f| f.message.clone()))
-            .unwrap_or_default()
-            .replace('|', "\\|");
-        let _ = writeln!(
-            md,
-            "| `{}` | {} | {} | {} | {} | {} |",
-            task.id,
-            task.status.as_str(),
-            task.attempts.len(),
-            ms(task.duration_ms),
-            exit,
-            note
-        );
-    }
-    let _ = writeln!(md, "\n## Artifacts\n");
-    if s.artifacts.is_empty() {
-        let _ = writeln!(md, "none");
-    } else {
-        let _ = writeln!(md, "| artifact | task | size | sha256 |");
-        let _ = writeln!(md, "|---|---|---|---|");
-        for a in &s.artifacts {
-            let _ = writeln!(
-                md,
-                "| `artifacts/{}/{}` | `{}` | {} B | `{}` |",
-                a.task, a.path, a.task, a.size, a.sha256
-            );
-        }
-    }
-    let _ = writeln!(md, "\n## Errors\n");
-    if s.failures_by_kind.is_empty() {
-        let _ = writeln!(md, "none");
-    }
-    for kind in s.failures_by_kind.keys() {
-        let _ = writeln!(md, "### {kind} ({})\n", s.failures_by_kind[kind]);
-        for task in &s.tasks {
-            for a in &task.attempts {
-                let Some(f) = a.failure.as_ref().filter(|f| f.kind == *kind) else { continue };
-                let link = if run_dir.join(&a.stderr).is_file() {
-                    format!(" ([stderr]({}))", a.stderr)
-                } else {
-                    String::new()
-                };
-                let _ = writeln!(md, "- `{}` attempt {}: {}{link}", task.id, a.attempt, f.message);
-                let lines = first_lines(run_dir, &a.stderr, 5);
-                if !lines.is_empty() {
-                    let _ = writeln!(md, "\n  ```text");
-                    for l in lines {
-                        let _ = writeln!(md, "  {l}");
-                    }
-                    let _ = writeln!(md, "  ```\n");
+    write(layout::SUMMARY, &pretty_json(s))?;
+    write(layout::ARTIFACTS_INDEX, &pretty_json(&s.artifacts))?;
+    write(REPORT_HTML, render_html(s, run_dir)?.as_bytes())?;
+    let markdown = match template {
+        None => render_markdown(s, run_dir)?,
+        Some(path) => {
+            let source = std::fs::read_to_string(path)
+                .map_err(|source| ReportError::ReadTemplate { path: path.to_owned(), source });
+            match source.and_then(|text| render_markdown_with(s, run_dir, path, &text)) {
+                Ok(md) => md,
+                Err(e) => {
+                    // A report.md left by an earlier finish of this run would be out of date.
+                    let _ = std::fs::remove_file(run_dir.join(layout::REPORT));
+                    return Err(e);
                 }
             }
         }
-    }
-    md
-}
-
-/// The plan's DAG as a Mermaid flowchart; with statuses, nodes are coloured by them.
-pub fn plan_mermaid(
-    plan: &orchestra_proto::Plan,
-    statuses: Option<&BTreeMap<orchestra_proto::TaskId, TaskStatus>>,
-) -> String {
-    let index: BTreeMap<_, _> = plan.tasks.iter().enumerate().map(|(i, t)| (&t.id, i)).collect();
-    let mut out = String::from("flowchart LR\n");
-    for (i, t) in plan.tasks.iter().enumerate() {
-        let tool = match &t.tool {
-            orchestra_proto::Tool::Exec(e) => e.program.clone(),
-            orchestra_proto::Tool::Claude(_) => "claude".to_owned(),
-        };
-        let label = format!("{}<br/><small>{}</small>", t.id, mermaid_escape(&tool));
-        let _ = writeln!(out, "  t{i}[\"{label}\"]");
-    }
-    for (i, t) in plan.tasks.iter().enumerate() {
-        for d in &t.depends_on {
-            if let Some(j) = index.get(d) {
-                let _ = writeln!(out, "  t{j} --> t{i}");
-            }
-        }
-    }
-    if let Some(statuses) = statuses {
-        for (class, fill) in [
-            ("succeeded", "#d4f7d4"),
-            ("failed", "#f7d4d4"),
-            ("skipped", "#eeeeee"),
-            ("cancelled", "#f7ecd4"),
-            ("pending", "#ffffff"),
-        ] {
-            let _ = writeln!(out, "  classDef {class} fill:{fill},stroke:#555");
-        }
-        for (i, t) in plan.tasks.iter().enumerate() {
-            let class = match statuses.get(&t.id) {
-                Some(TaskStatus::Succeeded) => "succeeded",
-                Some(TaskStatus::Failed) => "failed",
-                Some(TaskStatus::Skipped) => "skipped",
-                Some(TaskStatus::Cancelled) => "cancelled",
-                _ => "pending",
-            };
-            let _ = writeln!(out, "  class t{i} {class}");
-        }
-    }
-    out
-}
-
-fn mermaid_escape(s: &str) -> String {
-    s.chars()
-        .map(|c| match c {
-            '"' => "#quot;".to_owned(),
-            '<' => "#lt;".to_owned(),
-            '>' => "#gt;".to_owned(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
-/// Writes `summary.json`, `artifacts.json` and `report.md` into the run directory.
-pub fn write_all(run_dir: &Path, s: &Summary) -> std::io::Result<()> {
-    std::fs::write(run_dir.join(layout::SUMMARY), pretty_json(s))?;
-    std::fs::write(run_dir.join(layout::ARTIFACTS_INDEX), pretty_json(&s.artifacts))?;
-    std::fs::write(run_dir.join(layout::REPORT), render_markdown(s, run_dir))?;
-    Ok(())
+    };
+    write(layout::REPORT, markdown.as_bytes())
 }
 
 /// Pretty JSON with a final newline, as every file orchestra writes for people.
@@ -398,10 +392,10 @@ pub fn pretty_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use orchestra_proto::plan::{Plan, RunOptions};
-    use orchestra_proto::{AttemptRecord, Failure, RunId, TaskId, TaskSpec, TraceId};
+    use orchestra_proto::{AttemptRecord, Failure, RunId, RunStatus, TaskId, TaskSpec, TraceId};
 
     fn at(ms: u64) -> Timestamp {
         Timestamp::from_millis(1_764_065_277_000 + ms)
@@ -422,19 +416,18 @@ mod tests {
         }
     }
 
-    /// A fixed run: one task retried then succeeded with an artifact, one failed for good,
-    /// one skipped. Its summary.json and report.md are golden files.
-    #[test]
-    fn golden_summary_and_report() {
+    /// The fixed run of the golden files: one task retried then succeeded with an artifact,
+    /// one failed for good, one skipped after it.
+    pub(crate) fn golden_summary() -> Summary {
         let id = |s: &str| TaskId::new_unchecked(s);
         let plan = Plan {
             name: "golden".into(),
             goal: None,
             tasks: vec![
                 TaskSpec::exec(id("build"), "make", &[]),
-                TaskSpec::exec(id("test"), "make", &["test"]),
+                TaskSpec { timeout_ms: 30_000, ..TaskSpec::exec(id("test"), "make", &["test"]) },
                 TaskSpec {
-                    depends_on: vec![id("test")],
+                    depends_on: vec![id("test"), id("build")],
                     ..TaskSpec::exec(id("ship"), "true", &[])
                 },
             ],
@@ -494,18 +487,86 @@ mod tests {
         }];
         let mut test = TaskRecord::new(id("test"));
         test.status = TaskStatus::Failed;
-        test.attempts = vec![attempt(1, 0, 2000, Some(exit(1)))];
+        let mut t1 = attempt(1, 0, 2000, Some(exit(1)));
+        t1.worker_id = Some("w-2".into());
+        test.attempts = vec![t1];
         let mut ship = TaskRecord::new(id("ship"));
         ship.status = TaskStatus::Skipped;
         ship.reason = Some("dependency `test` failed".into());
-        let s = summarize(&run, &[ship, test, build], at(9999));
-        assert_eq!(s.totals.retries, 1);
-        assert_eq!(s.failures_by_kind[&FailureKind::ExitCode], 2);
-        insta::assert_json_snapshot!("golden_summary", s);
+        summarize(&run, &[ship, test, build], at(9999))
+    }
+
+    /// A run directory for the golden run: stderr of the failed `test` attempt.
+    pub(crate) fn golden_run_dir() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("tasks/test/1")).unwrap();
         std::fs::write(dir.path().join("tasks/test/1/stderr"), "1 test failed\nline 2\n").unwrap();
-        insta::assert_snapshot!("golden_report", render_markdown(&s, dir.path()));
+        dir
+    }
+
+    #[test]
+    fn golden_summary_and_report() {
+        let s = golden_summary();
+        assert_eq!(s.totals.retries, 1);
+        assert_eq!(s.failures_by_kind[&FailureKind::ExitCode], 2);
+        assert_eq!(s.tasks[2].depends_on.len(), 2);
+        insta::assert_json_snapshot!("golden_summary", s);
+        let dir = golden_run_dir();
+        insta::assert_snapshot!("golden_report", render_markdown(&s, dir.path()).unwrap());
+    }
+
+    #[test]
+    fn golden_html() {
+        let s = golden_summary();
+        let dir = golden_run_dir();
+        let html = render_html(&s, dir.path()).unwrap();
+        assert!(html.len() < 100_000, "report.html is {} bytes", html.len());
+        for needle in [
+            "id=\"outcome\"",
+            "id=\"metrics\"",
+            "id=\"dag\"",
+            "id=\"timeline\"",
+            "id=\"tasks\"",
+            "id=\"artifacts\"",
+            "id=\"errors\"",
+            "id=\"protections\"",
+            "<g class=\"task\" data-task=\"ship\" data-status=\"skipped\"",
+            "<rect class=\"attempt\" data-task=\"build\" data-attempt=\"2\"",
+        ] {
+            assert!(html.contains(needle), "{needle} missing");
+        }
+        for banned in ["<script", "<link", "<img", "<iframe", "@import", "url(h", "url(/", "src="] {
+            assert!(!html.contains(banned), "{banned} in a self-contained report");
+        }
+        insta::assert_snapshot!("golden_report_html", html);
+    }
+
+    #[test]
+    fn write_all_writes_every_file_even_when_the_template_is_broken() {
+        let s = golden_summary();
+        let dir = golden_run_dir();
+        let tpl = dir.path().join("broken.md.j2");
+        std::fs::write(&tpl, "# {{ summary.name }\n").unwrap();
+        let err = write_all(dir.path(), &s, Some(&tpl)).unwrap_err();
+        assert!(err.is_template());
+        let msg = err.to_string();
+        assert!(msg.contains("broken.md.j2"), "{msg}");
+        for f in [layout::SUMMARY, layout::ARTIFACTS_INDEX, REPORT_HTML] {
+            assert!(dir.path().join(f).is_file(), "{f} not written");
+        }
+        assert!(!dir.path().join(layout::REPORT).exists());
+
+        std::fs::write(&tpl, "{{ summary.name }}: {{ headline }}\n").unwrap();
+        write_all(dir.path(), &s, Some(&tpl)).unwrap();
+        let md = std::fs::read_to_string(dir.path().join(layout::REPORT)).unwrap();
+        assert_eq!(
+            md,
+            "golden: run failed: 1/3 tasks succeeded in 2.50s, 1 failed, 1 skipped (1 retry)\n"
+        );
+
+        let missing = dir.path().join("missing.j2");
+        let err = write_all(dir.path(), &s, Some(&missing)).unwrap_err();
+        assert!(matches!(err, ReportError::ReadTemplate { .. }), "{err:?}");
     }
 
     #[test]
@@ -520,5 +581,61 @@ mod tests {
         check((1..=100).rev().collect(), 50, 95, 50.5);
         check(vec![10, 10, 10, 1000], 10, 1000, 257.5);
         assert_eq!(stats(&mut []).count, 0);
+    }
+
+    #[test]
+    fn durations_for_people() {
+        let check = |ms, expect: &str| assert_eq!(fmt_ms(ms), expect, "{ms}");
+        check(0, "0ms");
+        check(999, "999ms");
+        check(1000, "1.00s");
+        check(2500, "2.50s");
+        check(59_999, "60.00s");
+        check(60_000, "1m");
+        check(125_000, "2m05s");
+        check(3_600_000, "1h");
+        check(3_720_000, "1h02m");
+    }
+
+    #[test]
+    fn sizes_for_people() {
+        let check = |n, expect: &str| assert_eq!(fmt_bytes(n), expect, "{n}");
+        check(0, "0 B");
+        check(1023, "1023 B");
+        check(1024, "1 KiB");
+        check(1536, "1.5 KiB");
+        check(1 << 20, "1 MiB");
+        check(5 << 30, "5 GiB");
+        check(3 << 40, "3 TiB");
+        check(2048 << 40, "2048 TiB");
+    }
+
+    #[test]
+    fn protections_say_what_is_not_active() {
+        let s = golden_summary();
+        let active: Vec<_> = s.protections.iter().map(|p| (p.name.as_str(), p.active)).collect();
+        assert_eq!(
+            active,
+            [
+                ("process_group", true),
+                ("clean_env", true),
+                ("workspace", true),
+                ("timeout", true),
+                ("output_cap", true),
+                ("rlimits", false),
+                ("landlock", false),
+                ("network", false),
+            ]
+        );
+        let detail = |name: &str| {
+            s.protections.iter().find(|p| p.name == name).map(|p| p.detail.clone()).unwrap()
+        };
+        assert!(
+            detail("timeout").starts_with("30.00s to 10m per attempt"),
+            "{}",
+            detail("timeout")
+        );
+        assert!(detail("output_cap").starts_with("1 KiB kept"), "{}", detail("output_cap"));
+        assert!(detail("process_group").contains("after 100ms"));
     }
 }

@@ -70,6 +70,9 @@ pub struct ScenarioFile {
     /// The tasks; each names exactly one tool.
     #[serde(default)]
     pub tasks: Vec<TaskFile>,
+    /// What `orchestra eval` checks after each run of the scenario (`orchestra run` ignores it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<ExpectFile>,
     /// Where the scenario was read from, for errors found after loading.
     #[serde(skip)]
     #[schemars(skip)]
@@ -485,7 +488,201 @@ impl ScenarioFile {
         for (i, task) in self.tasks.iter().enumerate() {
             check_task(&root.key("tasks").index(i), task)?;
         }
+        if let Some(expect) = &self.expect {
+            self.check_expect(&root.key("expect"), expect)?;
+        }
         Ok(())
+    }
+
+    /// An `expect` block checks something, names tasks that exist (when the scenario lists its
+    /// tasks) and has valid digests, patterns and bounds.
+    fn check_expect(&self, at: &FieldPath, e: &ExpectFile) -> Result<(), Problem> {
+        if e == &ExpectFile::default() {
+            let fields: Vec<String> = ExpectFile::FIELDS.iter().map(|f| format!("`{f}`")).collect();
+            return Err(Problem::value(at.clone(), "the expect block checks nothing")
+                .expected(format!("at least one of {}", fields.join(", "))));
+        }
+        let known: Vec<&str> = self.tasks.iter().map(|t| t.id.as_str()).collect();
+        let check_known = |at: FieldPath, at_key: bool, id: &str| -> Result<(), Problem> {
+            if let Err(err) = TaskId::parse(id) {
+                let p = id_problem(at, "task id", id, &err);
+                return Err(Problem { at_key, ..p });
+            }
+            if known.is_empty() || known.contains(&id) {
+                return Ok(());
+            }
+            let message = format!("no task `{id}` in this scenario");
+            let p = if at_key { Problem::key(at, message) } else { Problem::value(at, message) };
+            let p = p.expected(one_of(&known));
+            Err(match did_you_mean(id, &known) {
+                Some(name) => p.hint(format!("did you mean `{name}`?")),
+                None => p,
+            })
+        };
+        for id in e.tasks.keys() {
+            check_known(at.key("tasks").key(id), true, id)?;
+        }
+        for (i, a) in e.artifacts.iter().enumerate() {
+            let at = at.key("artifacts").index(i);
+            let Some((task, path)) = a.split_path() else {
+                return Err(Problem::value(
+                    at.key("path"),
+                    format!("`{}` does not name a task and a file", a.path),
+                )
+                .expected("`task/path`: a task id, `/`, and the path in its workspace, such as `build/out/app`"));
+            };
+            check_known(at.key("path"), false, task)?;
+            if path.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+                return Err(Problem::value(
+                    at.key("path"),
+                    format!("`{}` is not a plain relative path", a.path),
+                )
+                .expected("a path inside the task's workspace, without empty, `.` or `..` parts"));
+            }
+            if a.contains.as_deref() == Some("") {
+                return Err(Problem::value(at.key("contains"), "the text is empty")
+                    .expected("the text the file must contain"));
+            }
+            if let Some(re) = &a.matches
+                && let Err(err) = crate::eval::pattern(re)
+            {
+                return Err(Problem::value(
+                    at.key("matches"),
+                    format!("invalid regular expression: {err}"),
+                )
+                .expected("a regular expression such as `^total: [0-9]+$`")
+                .hint("the syntax is the Rust `regex` crate's (https://docs.rs/regex/#syntax); `^` and `$` match at line starts and ends"));
+            }
+            if let Some(digest) = &a.sha256
+                && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(Problem::value(
+                    at.key("sha256"),
+                    format!("`{digest}` is not a SHA-256 digest"),
+                )
+                .expected("64 hexadecimal digits, as printed by `sha256sum FILE`"));
+            }
+        }
+        if let Some(d) = e.max_duration
+            && d.0.is_zero()
+        {
+            return Err(Problem::value(at.key("max_duration"), "the duration is zero")
+                .expected(format!("{DURATION_EXPECTED}, greater than zero")));
+        }
+        if let Some(usd) = e.max_cost_usd
+            && !(usd.is_finite() && usd >= 0.0)
+        {
+            let why = if usd.is_finite() {
+                format!("the cost bound is negative ({usd})")
+            } else {
+                "the cost bound is not a finite number".to_owned()
+            };
+            return Err(Problem::value(at.key("max_cost_usd"), why)
+                .expected(format!("{USD_EXPECTED}, 0 or more")));
+        }
+        Ok(())
+    }
+}
+
+/// What `orchestra eval` checks after a run. Every field is optional; each one given is a
+/// check that passes or fails with a reason.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "an expect block: a mapping such as `{ status: succeeded }`"
+)]
+pub struct ExpectFile {
+    /// The run's final status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ExpectedRunStatus>,
+    /// The final status of tasks, by task id.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tasks: BTreeMap<String, ExpectedTaskStatus>,
+    /// Files the run must have collected as artifacts, and what they must hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ExpectArtifactFile>,
+    /// Longest the run may take (wall time), such as `30s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<HumanDuration>,
+    /// Most the run may spend on models (planning and `claude` tasks), in USD; `0` means
+    /// nothing.
+    #[serde(deserialize_with = "opt_usd", skip_serializing_if = "Option::is_none")]
+    pub max_cost_usd: Option<f64>,
+}
+
+impl ExpectFile {
+    const FIELDS: [&str; 5] = ["status", "tasks", "artifacts", "max_duration", "max_cost_usd"];
+}
+
+/// A run status `expect.status` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedRunStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl ExpectedRunStatus {
+    pub fn status(self) -> orchestra_proto::RunStatus {
+        use orchestra_proto::RunStatus;
+        match self {
+            Self::Succeeded => RunStatus::Succeeded,
+            Self::Failed => RunStatus::Failed,
+            Self::Cancelled => RunStatus::Cancelled,
+        }
+    }
+}
+
+/// A final task status `expect.tasks` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpectedTaskStatus {
+    Succeeded,
+    Failed,
+    Skipped,
+    Cancelled,
+}
+
+impl ExpectedTaskStatus {
+    pub fn status(self) -> orchestra_proto::TaskStatus {
+        use orchestra_proto::TaskStatus;
+        match self {
+            Self::Succeeded => TaskStatus::Succeeded,
+            Self::Failed => TaskStatus::Failed,
+            Self::Skipped => TaskStatus::Skipped,
+            Self::Cancelled => TaskStatus::Cancelled,
+        }
+    }
+}
+
+/// An artifact the run must have: listed in `artifacts.json` and present in `artifacts/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an expected artifact: a mapping such as `{ path: build/out.txt, contains: ok }`"
+)]
+pub struct ExpectArtifactFile {
+    /// `task/path`: the task's id and the file's path in its workspace, such as
+    /// `test/report.txt`.
+    pub path: String,
+    /// Text the file must contain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contains: Option<String>,
+    /// A regular expression (the Rust `regex` crate's syntax) that must match somewhere in the
+    /// file; `^` and `$` match at line starts and ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matches: Option<String>,
+    /// The file's SHA-256, 64 hex digits (any case).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl ExpectArtifactFile {
+    /// The task id and the path in its workspace; `None` without a `/` or a part.
+    pub fn split_path(&self) -> Option<(&str, &str)> {
+        self.path.split_once('/').filter(|(task, path)| !task.is_empty() && !path.is_empty())
     }
 }
 
@@ -2264,6 +2461,87 @@ tasks:
                     "name: x\ntasks:\n  - id: a\n    exec: { program: echo }\n    env: { A: [1] }\n",
                 ),
                 ("duplicate_field", "name: x\nname: y\ntasks: []\n"),
+                (
+                    "expect_empty",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect: {}\n",
+                ),
+                (
+                    "expect_not_a_mapping",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect: succeeded\n",
+                ),
+                (
+                    "expect_unknown_field",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  statu: succeeded\n",
+                ),
+                (
+                    "expect_bad_status",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  status: succeded\n",
+                ),
+                (
+                    "expect_running_status",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  status: running\n",
+                ),
+                (
+                    "expect_bad_task_status",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  tasks: { build: done }\n",
+                ),
+                (
+                    "expect_unknown_task",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  tasks:\n    biuld: succeeded\n",
+                ),
+                ("expect_bad_task_id", "name: x\ngoal: g\nexpect:\n  tasks: { \"a b\": failed }\n"),
+                (
+                    "expect_artifact_without_task",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - path: out.txt\n",
+                ),
+                (
+                    "expect_artifact_unknown_task",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - { path: test/out.txt }\n",
+                ),
+                (
+                    "expect_artifact_dotdot",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - path: build/../secret\n",
+                ),
+                (
+                    "expect_artifact_unknown_field",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - { path: build/out, contain: ok }\n",
+                ),
+                (
+                    "expect_artifact_missing_path",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - { contains: ok }\n",
+                ),
+                (
+                    "expect_artifact_bad_sha256",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - path: build/out\n      sha256: abc123\n",
+                ),
+                (
+                    "expect_artifact_bad_regex",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - path: build/out\n      matches: '^total: ([0-9]+$'\n",
+                ),
+                (
+                    "expect_artifact_huge_regex",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - path: build/out\n      matches: '(a{1000}){1000}'\n",
+                ),
+                (
+                    "expect_artifact_empty_contains",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  artifacts:\n    - { path: build/out, contains: \"\" }\n",
+                ),
+                (
+                    "expect_zero_duration",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  max_duration: 0s\n",
+                ),
+                (
+                    "expect_duration_without_unit",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  max_duration: 30\n",
+                ),
+                (
+                    "expect_negative_cost",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  max_cost_usd: -1\n",
+                ),
+                (
+                    "expect_cost_not_a_number",
+                    "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  max_cost_usd: cheap\n",
+                ),
                 ("empty_file", ""),
                 ("only_comments", "# nothing yet\n\n"),
             ],
@@ -2524,14 +2802,24 @@ tasks:
         ] {
             assert!(cfg_text.contains(word), "no `{word}` in {cfg_text}");
         }
-        let s = check(scenario_schema(), &["name", "goal", "context", "defaults", "tasks"]);
+        let s =
+            check(scenario_schema(), &["name", "goal", "context", "defaults", "tasks", "expect"]);
         assert_eq!(s["required"], serde_json::json!(["name"]));
         let text = s.to_string();
         // nested structs are strict too, and the reserved tools are not advertised
         assert!(text.matches("\"additionalProperties\":false").count() >= 4, "{text}");
         assert!(!text.contains("\"shell\"") && !text.contains("\"http\""), "{text}");
         assert!(!text.contains("\"source\""), "{text}");
-        for word in ["\"exec\"", "\"claude\"", "acceptEdits", "max_budget", "allowed_tools"] {
+        for word in [
+            "\"exec\"",
+            "\"claude\"",
+            "acceptEdits",
+            "max_budget",
+            "allowed_tools",
+            "max_cost_usd",
+            "sha256",
+            "\"skipped\"",
+        ] {
             assert!(text.contains(word), "no {word} in {text}");
         }
     }
@@ -2716,6 +3004,43 @@ tasks:
         assert!(!both.is_goal());
         assert_eq!(both.to_plan(&ConfigFile::default()).goal.as_deref(), Some("greet"));
         assert!(!scenario(HELLO).is_goal());
+    }
+
+    #[test]
+    fn expect_blocks_parse() {
+        let s = scenario(
+            "name: x\ntasks:\n  - id: build\n    exec: { program: make }\nexpect:\n  status: failed\n  tasks: { build: skipped }\n  artifacts:\n    - path: build/out/app.txt\n      contains: ok\n      matches: '^ok$'\n      sha256: 9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08\n    - { path: build/log }\n  max_duration: 1m 30s\n  max_cost_usd: 0\n",
+        );
+        let e = s.expect.clone().unwrap();
+        assert_eq!(e.status, Some(ExpectedRunStatus::Failed));
+        assert_eq!(e.status.unwrap().status(), orchestra_proto::RunStatus::Failed);
+        assert_eq!(e.tasks["build"].status(), orchestra_proto::TaskStatus::Skipped);
+        assert_eq!(e.artifacts.len(), 2);
+        assert_eq!(e.artifacts[0].split_path(), Some(("build", "out/app.txt")));
+        assert_eq!(e.artifacts[0].contains.as_deref(), Some("ok"));
+        assert_eq!(e.artifacts[0].matches.as_deref(), Some("^ok$"));
+        assert_eq!(e.artifacts[1].sha256, None);
+        assert_eq!(e.max_duration, Some(HumanDuration::from_secs(90)));
+        assert_eq!(e.max_cost_usd, Some(0.0));
+        // round trip, and `run` ignores the block
+        let yaml = serde_yaml::to_string(&s).unwrap();
+        assert_eq!(scenario(&yaml), s, "{yaml}");
+        assert_eq!(s.to_plan(&ConfigFile::default()).tasks.len(), 1);
+        // a goal scenario's tasks come from the model: any valid id may be expected
+        let g = scenario(
+            "name: g\ngoal: count\nexpect:\n  tasks: { count: succeeded }\n  artifacts: [{ path: count/n.txt }]\n",
+        );
+        assert_eq!(g.expect.unwrap().tasks.len(), 1);
+        assert_eq!(scenario(HELLO).expect, None);
+        let split = |p: &str| {
+            ExpectArtifactFile { path: p.into(), contains: None, matches: None, sha256: None }
+                .split_path()
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        };
+        assert_eq!(split("a/b/c"), Some(("a".into(), "b/c".into())));
+        assert_eq!(split("a/"), None);
+        assert_eq!(split("/a"), None);
+        assert_eq!(split("a"), None);
     }
 
     /// Files to write: (path, content).

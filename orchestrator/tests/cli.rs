@@ -564,3 +564,39 @@ fn a_terminal_gets_a_live_status_line() {
     assert!(text.contains("5/5 done · 0 running · 0 failed"), "{text:?}");
     assert!(text.contains("run succeeded: 5/5"), "{text:?}");
 }
+
+#[test]
+fn a_report_template_replaces_report_md_and_a_broken_one_stops_before_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = examples().join("hello.yaml");
+    let good = write(
+        tmp.path(),
+        "mine.md.j2",
+        "# {{ summary.name }}: {{ summary.status }}, {{ summary.totals.succeeded }}/{{ summary.totals.tasks }}\n",
+    );
+    let r = orchestra(
+        tmp.path(),
+        &["run", hello.to_str().unwrap(), "--report-template", good.to_str().unwrap()],
+    );
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    assert_eq!(
+        std::fs::read_to_string(r.dir().join("report.md")).unwrap(),
+        "# hello: succeeded, 5/5\n"
+    );
+    assert!(r.dir().join("report.html").is_file(), "the HTML report is written either way");
+
+    let bad = write(tmp.path(), "bad.md.j2", "{% for t in tasks %}\n");
+    let runs_before = std::fs::read_dir(tmp.path().join("runs")).unwrap().count();
+    let r = orchestra(
+        tmp.path(),
+        &["run", hello.to_str().unwrap(), "--report-template", bad.to_str().unwrap()],
+    );
+    assert_eq!(r.code(), 2);
+    assert!(
+        r.stderr().contains("bad.md.j2") && r.stderr().contains("syntax error"),
+        "{}",
+        r.stderr()
+    );
+    let runs_after = std::fs::read_dir(tmp.path().join("runs")).unwrap().count();
+    assert_eq!(runs_before, runs_after, "nothing ran");
+}

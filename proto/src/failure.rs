@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The class of a failure; decides retries and groups errors in the report.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
@@ -61,6 +62,7 @@ impl std::fmt::Display for FailureKind {
 }
 
 /// A failure with its cause chain, outermost first.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Failure {

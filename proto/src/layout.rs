@@ -9,6 +9,8 @@ pub const PLAN: &str = "plan.json";
 pub const LOGS: &str = "logs.jsonl";
 pub const SUMMARY: &str = "summary.json";
 pub const REPORT: &str = "report.md";
+/// The same content as `report.md`, as one self-contained page.
+pub const REPORT_HTML: &str = "report.html";
 pub const ARTIFACTS_DIR: &str = "artifacts";
 pub const ARTIFACTS_INDEX: &str = "artifacts.json";
 /// `TMPDIR` of the run's tasks.

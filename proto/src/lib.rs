@@ -13,6 +13,7 @@
 
 pub mod codec;
 pub mod envelope;
+pub mod eval;
 pub mod events;
 pub mod failure;
 pub mod ids;

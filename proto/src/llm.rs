@@ -78,6 +78,7 @@ pub struct ClaudeSpec {
 }
 
 /// What a `claude` attempt reported, success or not.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClaudeReport {

@@ -4,6 +4,7 @@ use crate::{ArtifactRecord, FailureKind, RunStatus, TaskId, TaskStatus, Timestam
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Summary {
@@ -28,9 +29,26 @@ pub struct Summary {
     /// Model use: planning calls and `claude` tasks. Absent when the run used no model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmTotals>,
+    /// The protections an attempt of this run got from the worker, active or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protections: Vec<Protection>,
+}
+
+/// One protection of the worker's sandbox and whether this run's attempts had it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Protection {
+    /// Stable key: `process_group`, `clean_env`, `workspace`, `timeout`, `output_cap`,
+    /// `rlimits`, `landlock`, `network`.
+    pub name: String,
+    pub active: bool,
+    /// What it does, or what is missing, in one sentence with this run's numbers.
+    pub detail: String,
 }
 
 /// Every model call of a run, summed.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LlmTotals {
@@ -54,7 +72,8 @@ pub struct LlmTotals {
     pub claude_cost_usd: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Totals {
     pub tasks: u32,
@@ -73,6 +92,7 @@ pub struct Totals {
     pub attempt_duration_ms: DurationStats,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DurationStats {
@@ -83,11 +103,21 @@ pub struct DurationStats {
     pub max: u64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSummary {
     pub id: TaskId,
     pub status: TaskStatus,
+    /// What runs: the program of an `exec` task, `claude` for a sub-agent.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tool: String,
+    /// The plan's edges, so the DAG can be drawn from the summary alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<TaskId>,
+    /// Per-attempt timeout.
+    #[serde(default)]
+    pub timeout_ms: u64,
     /// Why it was skipped or cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -96,6 +126,7 @@ pub struct TaskSummary {
     pub duration_ms: u64,
 }
 
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttemptSummary {

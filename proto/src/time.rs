@@ -62,6 +62,21 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+#[cfg(feature = "schema")]
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+            "description": "UTC time, RFC 3339 with milliseconds, e.g. `2025-11-25T10:07:57.123Z`"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -463,3 +463,86 @@ fn claude_attempt_result() {
         })),
     );
 }
+
+/// `eval.json` is a file, not a bus message: snapshotted bare, and it must read back as itself
+/// and reject fields it does not know.
+#[test]
+fn eval_report() {
+    use orchestra_proto::eval::{
+        Check, EvalReport, FailureCount, Interval, SCHEMA_VERSION, ScenarioResult, Spread, Trial,
+    };
+    let check = |check: &str, passed: bool, detail: &str| Check {
+        check: check.into(),
+        passed,
+        detail: detail.into(),
+    };
+    let sha =
+        "artifact `merge/merged.csv` has sha256 9f86d081884c7d65…, expected 0000000000000000…";
+    let report = EvalReport {
+        schema_version: SCHEMA_VERSION,
+        eval_id: "20251125T100757Z-a1b2c3".into(),
+        started_at: T0,
+        duration_ms: 2_345,
+        repeat: 2,
+        llm: Some("scripted:examples/eval/goal-answers".into()),
+        model: None,
+        passed: false,
+        scenarios_passed: 0,
+        scenarios_total: 1,
+        scenarios: vec![ScenarioResult {
+            name: "data".into(),
+            file: "examples/eval/data.yaml".into(),
+            trials: 2,
+            passes: 1,
+            pass_rate: 0.5,
+            pass_rate_ci95: Interval { low: 0.0945, high: 0.9055 },
+            passed: false,
+            duration_ms: Spread { mean: 1_050.5, min: 1_000, max: 1_101 },
+            cost_usd: 0.0287,
+            cost_per_success_usd: Some(0.0287),
+            failures: vec![FailureCount { reason: sha.into(), count: 1 }],
+            runs: vec![
+                Trial {
+                    trial: 1,
+                    passed: true,
+                    exit_code: 0,
+                    run_dir: Some(
+                        "eval/20251125T100757Z-a1b2c3/data/1/20251125T100758Z-d4e5f6".into(),
+                    ),
+                    status: Some(RunStatus::Succeeded),
+                    duration_ms: 1_000,
+                    cost_usd: 0.0287,
+                    checks: vec![
+                        check("status", true, "status succeeded"),
+                        check(
+                            "artifact merge/merged.csv",
+                            true,
+                            "artifact `merge/merged.csv` present (8 bytes)",
+                        ),
+                    ],
+                },
+                Trial {
+                    trial: 2,
+                    passed: false,
+                    exit_code: 0,
+                    run_dir: Some(
+                        "eval/20251125T100757Z-a1b2c3/data/2/20251125T100759Z-a7b8c9".into(),
+                    ),
+                    status: Some(RunStatus::Succeeded),
+                    duration_ms: 1_101,
+                    cost_usd: 0.0,
+                    checks: vec![check("artifact merge/merged.csv", false, sha)],
+                },
+            ],
+        }],
+    };
+    let value = serde_json::to_value(&report).unwrap();
+    let back: EvalReport = serde_json::from_value(value.clone()).expect("round trip");
+    assert_eq!(back, report, "eval.json does not round-trip");
+    insta::assert_json_snapshot!("eval_report", value);
+
+    let mut unknown = value;
+    unknown["scenarios"][0]["runs"][0]["checks"][0]["note"] = "x".into();
+    let err = serde_json::from_value::<EvalReport>(unknown).unwrap_err();
+    assert!(err.to_string().contains("unknown field `note`"), "{err}");
+}

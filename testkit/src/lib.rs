@@ -6,6 +6,8 @@
 //!   `tests/real_claude.rs`).
 //! - [`claude_bin`] / [`claude_env`]: the pinned real Claude Code CLI and the environment that
 //!   keeps every byte it sends on loopback.
+//! - [`browser`]: headless Chromium and the real Mermaid package (`scripts/install-chromium`,
+//!   `scripts/install-mermaid`) to check generated diagrams and render HTML reports.
 //!
 //! Invariants: the mock listens on loopback only and never rejects a request body; the script
 //! is consumed one reply per model request, in order; an exhausted script answers 500 (counted),
@@ -13,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 mod mock;
 
 pub use mock::{MockLlm, Recorded, Reply};
@@ -38,10 +41,16 @@ pub fn claude_bin() -> PathBuf {
     }
 }
 
-// The test kit runs the project's own install script; nothing else here starts a process.
-#[allow(clippy::disallowed_methods)]
 fn install_claude() -> Result<PathBuf, String> {
-    let script = workspace_root().join("scripts/install-claude-code");
+    install("scripts/install-claude-code")
+}
+
+/// Runs one of the project's install scripts (`scripts/install-*`), which install a tool once
+/// under `~/.cache` and print its path on the last line of stdout.
+// The test kit runs the project's own install scripts; the browser module starts chromium.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn install(script: &str) -> Result<PathBuf, String> {
+    let script = workspace_root().join(script);
     // Through bash, so a checkout that lost the executable bit still works.
     let out = std::process::Command::new("bash")
         .arg(&script)
@@ -59,7 +68,7 @@ fn install_claude() -> Result<PathBuf, String> {
     }
     let path = PathBuf::from(stdout.lines().last().unwrap_or("").trim());
     if path.as_os_str().is_empty() || !path.is_file() {
-        return Err(format!("`{}` printed no runnable path: {stdout:?}", script.display()));
+        return Err(format!("`{}` printed no existing path: {stdout:?}", script.display()));
     }
     Ok(path)
 }
