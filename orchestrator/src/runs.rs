@@ -14,7 +14,7 @@ use crate::exit;
 use crate::report;
 use anyhow::Context as _;
 use orchestra_coordinator::store::Store;
-use orchestra_proto::summary::Summary;
+use orchestra_proto::summary::{ListedRun, Summary};
 use orchestra_proto::{Plan, RunId, RunStatus, Timestamp, layout};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -137,6 +137,8 @@ pub struct RunEntry {
     pub tasks: Option<u32>,
     pub succeeded: Option<u32>,
     pub failed: Option<u32>,
+    /// Money spent on models, when the run used any.
+    pub cost_usd: Option<f64>,
 }
 
 impl RunEntry {
@@ -152,6 +154,7 @@ impl RunEntry {
             tasks: None,
             succeeded: None,
             failed: None,
+            cost_usd: None,
         }
     }
 
@@ -161,6 +164,7 @@ impl RunEntry {
         self.tasks = Some(s.totals.tasks);
         self.succeeded = Some(s.totals.succeeded);
         self.failed = Some(s.totals.failed);
+        self.cost_usd = s.llm.as_ref().map(|l| l.cost_usd);
     }
 }
 
@@ -261,8 +265,8 @@ pub fn render_list(runs: &[RunEntry]) -> String {
     let width = runs.iter().map(|r| r.id.len()).max().unwrap_or(3).max(3);
     let dash = || "-".to_owned();
     let mut out = format!(
-        "{:width$}  {:11}  {:>8}  {:>7}  {:>6}  name\n",
-        "run", "status", "duration", "tasks", "failed"
+        "{:width$}  {:11}  {:>8}  {:>7}  {:>6}  {:>8}  name\n",
+        "run", "status", "duration", "tasks", "failed", "cost"
     );
     for r in runs {
         let tasks = match (r.succeeded, r.tasks) {
@@ -272,12 +276,13 @@ pub fn render_list(runs: &[RunEntry]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:width$}  {:11}  {:>8}  {:>7}  {:>6}  {}",
+            "{:width$}  {:11}  {:>8}  {:>7}  {:>6}  {:>8}  {}",
             r.id,
             r.state.as_str(),
             r.duration_ms.map_or_else(dash, fmt_duration),
             tasks,
             r.failed.map_or_else(dash, |f| f.to_string()),
+            r.cost_usd.map_or_else(dash, |c| format!("${c:.4}")),
             r.name.as_deref().unwrap_or("-"),
         );
     }
@@ -426,19 +431,6 @@ pub fn command(cli: &Cli, args: &RunsArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// One run in `runs list --json`.
-#[derive(serde::Serialize)]
-struct ListedRun<'a> {
-    run_id: &'a str,
-    status: &'static str,
-    name: Option<&'a str>,
-    duration_ms: Option<u64>,
-    tasks: Option<u32>,
-    succeeded: Option<u32>,
-    failed: Option<u32>,
-    dir: String,
-}
-
 fn list(
     runs_dir: &Path,
     json: bool,
@@ -451,13 +443,14 @@ fn list(
         let listed: Vec<ListedRun> = runs
             .iter()
             .map(|r| ListedRun {
-                run_id: &r.id,
-                status: r.state.as_str(),
-                name: r.name.as_deref(),
+                run_id: r.id.clone(),
+                status: r.state.as_str().to_owned(),
+                name: r.name.clone(),
                 duration_ms: r.duration_ms,
                 tasks: r.tasks,
                 succeeded: r.succeeded,
                 failed: r.failed,
+                cost_usd: r.cost_usd,
                 dir: r.dir.display().to_string(),
             })
             .collect();
@@ -731,13 +724,14 @@ mod tests {
         done.name = Some("hello".into());
         done.duration_ms = Some(1500);
         (done.tasks, done.succeeded, done.failed) = (Some(5), Some(3), Some(1));
+        done.cost_usd = Some(0.0273);
         let mut planned = entry("20250101T000002Z-bbbbbb", R::Planned);
         planned.tasks = Some(2);
         let got = render_list(&[planned, done]);
         let expect = "\
-run                      status       duration    tasks  failed  name
-20250101T000002Z-bbbbbb  planned             -      -/2       -  -
-20250101T000001Z-aaaaaa  failed          1.50s      3/5       1  hello
+run                      status       duration    tasks  failed      cost  name
+20250101T000002Z-bbbbbb  planned             -      -/2       -         -  -
+20250101T000001Z-aaaaaa  failed          1.50s      3/5       1   $0.0273  hello
 ";
         assert_eq!(got, expect);
     }

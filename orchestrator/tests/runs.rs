@@ -113,8 +113,8 @@ fn list_then_gc_real_runs() {
         .map(|(d, s)| (name(d), s.to_owned()));
     assert_eq!(list.listed(), expect, "{}", list.stdout());
     let rows: Vec<_> = list.stdout().lines().map(str::to_owned).collect();
-    assert!(rows[1].ends_with("5/5       0  hello"), "{}", rows[1]);
-    assert!(rows[2].ends_with("0/1       1  failing"), "{}", rows[2]);
+    assert!(rows[1].ends_with("5/5       0         -  hello"), "{}", rows[1]);
+    assert!(rows[2].ends_with("0/1       1         -  failing"), "{}", rows[2]);
 
     let only_failed = ok(cwd, &["runs", "list", "--status", "failed"]);
     assert_eq!(only_failed.listed(), [(name(&failed), "failed".to_owned())]);

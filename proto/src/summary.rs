@@ -150,3 +150,22 @@ pub struct AttemptSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claude: Option<crate::ClaudeReport>,
 }
+
+/// One run as `orchestra runs list --json` prints it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListedRun {
+    pub run_id: String,
+    /// `succeeded`, `failed`, `cancelled`, `running`, `interrupted` or `planned`.
+    pub status: String,
+    pub name: Option<String>,
+    pub duration_ms: Option<u64>,
+    pub tasks: Option<u32>,
+    pub succeeded: Option<u32>,
+    pub failed: Option<u32>,
+    /// Money spent on models (planning and `claude` tasks), when the run used any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    pub dir: String,
+}

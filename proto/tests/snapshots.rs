@@ -546,3 +546,37 @@ fn eval_report() {
     let err = serde_json::from_value::<EvalReport>(unknown).unwrap_err();
     assert!(err.to_string().contains("unknown field `note`"), "{err}");
 }
+
+/// `orchestra runs list --json`: one entry per run.
+#[test]
+fn listed_run() {
+    use orchestra_proto::summary::ListedRun;
+    let listed = vec![
+        ListedRun {
+            run_id: "20251125T100757Z-a1b2c3".into(),
+            status: "succeeded".into(),
+            name: Some("word-count".into()),
+            duration_ms: Some(1500),
+            tasks: Some(4),
+            succeeded: Some(4),
+            failed: Some(0),
+            cost_usd: Some(0.0273),
+            dir: "runs/20251125T100757Z-a1b2c3".into(),
+        },
+        ListedRun {
+            run_id: "20251125T100758Z-d4e5f6".into(),
+            status: "interrupted".into(),
+            name: None,
+            duration_ms: None,
+            tasks: None,
+            succeeded: None,
+            failed: None,
+            cost_usd: None,
+            dir: "runs/20251125T100758Z-d4e5f6".into(),
+        },
+    ];
+    let json = serde_json::to_value(&listed).unwrap();
+    let back: Vec<ListedRun> = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, listed);
+    insta::assert_json_snapshot!("listed_runs", json);
+}
