@@ -12,8 +12,9 @@ use crate::store::{Store, StoreError};
 use bytes::Bytes;
 use orchestra_bus::{Bus, BusError, Message, WorkQueue};
 use orchestra_proto::{
-    Control, Ctx, Envelope, Plan, PlanProblem, PlanningReport, RunEvent, RunOptions, RunOutcome,
-    RunRecord, RunReply, RunRequest, RunStatus, TaskEvent, TaskRecord, Timestamp, codec, subjects,
+    Control, Ctx, Envelope, Plan, PlanProblem, PlanningReport, RunEvent, RunId, RunOptions,
+    RunOutcome, RunRecord, RunReply, RunRequest, RunStatus, TaskEvent, TaskRecord, Timestamp,
+    codec, subjects,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,11 +35,14 @@ pub enum CoordinatorError {
 pub struct CoordinatorConfig {
     pub max_tasks: u32,
     pub max_depends: u32,
+    /// At start, drive again every run the store has as running (a long-lived coordinator
+    /// restarted after a crash). Embedded runs are resumed on request instead.
+    pub resume_running: bool,
 }
 
 impl Default for CoordinatorConfig {
     fn default() -> Self {
-        Self { max_tasks: 10_000, max_depends: 256 }
+        Self { max_tasks: 10_000, max_depends: 256, resume_running: false }
     }
 }
 
@@ -51,6 +55,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     planner: Option<Planner>,
     runs: TaskTracker,
+    /// Runs driven by this coordinator right now.
+    active: Arc<std::sync::Mutex<std::collections::HashSet<RunId>>>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -59,7 +65,19 @@ impl std::fmt::Debug for Coordinator {
     }
 }
 
-fn run_exists(run_id: &orchestra_proto::RunId) -> RunReply {
+fn unknown_run(run_id: &RunId) -> RunReply {
+    RunReply::Rejected {
+        problems: vec![PlanProblem {
+            code: "unknown_run".into(),
+            path: String::new(),
+            message: format!("no run `{run_id}` in the state store"),
+            hint: None,
+        }],
+        planning: None,
+    }
+}
+
+fn run_exists(run_id: &RunId) -> RunReply {
     RunReply::Rejected {
         problems: vec![PlanProblem {
             code: "run_exists".into(),
@@ -82,7 +100,15 @@ impl Coordinator {
         store: Store,
         config: CoordinatorConfig,
     ) -> Self {
-        Self { bus, queue, store, config, planner: None, runs: TaskTracker::new() }
+        Self {
+            bus,
+            queue,
+            store,
+            config,
+            planner: None,
+            runs: TaskTracker::new(),
+            active: Arc::default(),
+        }
     }
 
     /// Plans `Goal` requests with this planner; without one they are rejected.
@@ -99,6 +125,12 @@ impl Coordinator {
         shutdown: CancellationToken,
     ) -> Result<tokio::task::JoinHandle<()>, CoordinatorError> {
         let mut requests = self.bus.queue_subscribe(subjects::RUN_SUBMIT, "coordinator").await?;
+        if self.config.resume_running {
+            let n = self.resume_all(&shutdown).await?;
+            if n > 0 {
+                info!(runs = n, "resumed the runs that were running when the coordinator stopped");
+            }
+        }
         Ok(tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
@@ -271,47 +303,79 @@ impl Coordinator {
                     }
                 }
             }
-            RunRequest::Resume {} => {
-                let Some(record) = self.store.run(&ctx.run_id)? else {
-                    return Ok(RunReply::Rejected {
-                        problems: vec![PlanProblem {
-                            code: "unknown_run".into(),
-                            path: String::new(),
-                            message: format!("no run `{}` in the state store", ctx.run_id),
-                            hint: None,
-                        }],
-                        planning: None,
-                    });
-                };
-                let mut record = record;
-                let mut tasks = self.store.tasks(&ctx.run_id)?;
-                if record.status == RunStatus::Cancelled {
-                    // A cancelled run is continued: what was cancelled or skipped runs again.
-                    sched::reopen_cancelled(&mut tasks);
-                    record.status = RunStatus::Running;
-                    record.finished_at = None;
-                    self.store.put_tasks(&ctx.run_id, &tasks)?;
-                    self.store.put_run(&record)?;
-                    self.store.commit()?;
-                    info!(run_id = %ctx.run_id, "cancelled run reopened");
+            RunRequest::Resume {} => self.resume_run(&ctx.run_id, shutdown).await,
+            RunRequest::State {} => match self.store.run(&ctx.run_id)? {
+                Some(run) => {
+                    let tasks = self.store.tasks(&ctx.run_id)?;
+                    Ok(RunReply::State { run: Box::new(run), tasks })
                 }
-                let statuses = tasks.iter().map(|t| (t.task_id.clone(), t.status)).collect();
-                if record.status != RunStatus::Running {
-                    return Ok(RunReply::Resumed { status: record.status, tasks: statuses });
+                None => Ok(unknown_run(&ctx.run_id)),
+            },
+        }
+    }
+
+    /// Continues a stored run: a running one is driven again (unless this coordinator drives
+    /// it already), a cancelled one is reopened first, a finished one is only reported.
+    async fn resume_run(
+        &self,
+        run_id: &RunId,
+        shutdown: &CancellationToken,
+    ) -> Result<RunReply, CoordinatorError> {
+        let Some(mut record) = self.store.run(run_id)? else {
+            return Ok(unknown_run(run_id));
+        };
+        let mut tasks = self.store.tasks(run_id)?;
+        if self.is_active(run_id) {
+            let statuses = tasks.iter().map(|t| (t.task_id.clone(), t.status)).collect();
+            return Ok(RunReply::Resumed { status: record.status, tasks: statuses });
+        }
+        if record.status == RunStatus::Cancelled {
+            // A cancelled run is continued: what was cancelled or skipped runs again.
+            sched::reopen_cancelled(&mut tasks);
+            record.status = RunStatus::Running;
+            record.finished_at = None;
+            self.store.put_tasks(run_id, &tasks)?;
+            self.store.put_run(&record)?;
+            self.store.commit()?;
+            info!(run_id = %run_id, "cancelled run reopened");
+        }
+        let statuses = tasks.iter().map(|t| (t.task_id.clone(), t.status)).collect();
+        if record.status != RunStatus::Running {
+            return Ok(RunReply::Resumed { status: record.status, tasks: statuses });
+        }
+        let limits = PlanLimits { max_tasks: u32::MAX, max_depends: u32::MAX };
+        let checked = match plan::validate(&record.plan, &limits) {
+            Ok(c) => c,
+            Err(problems) => return Ok(RunReply::Rejected { problems, planning: None }),
+        };
+        let planning_cost = record.planning.as_ref().map_or(0.0, PlanningReport::cost_usd);
+        let sched = Scheduler::restore(checked, record.options.clone(), record.seed, tasks)
+            .with_spent(planning_cost);
+        let run_ctx = Ctx::run(record.run_id.clone(), record.trace_id.clone());
+        self.spawn_run(run_ctx, sched, shutdown).await?;
+        Ok(RunReply::Resumed { status: RunStatus::Running, tasks: statuses })
+    }
+
+    fn is_active(&self, run_id: &RunId) -> bool {
+        self.active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).contains(run_id)
+    }
+
+    /// Resumes every run the store has as running (a coordinator restarted after a crash).
+    async fn resume_all(&self, shutdown: &CancellationToken) -> Result<usize, CoordinatorError> {
+        let mut resumed = 0;
+        for run in self.store.runs()? {
+            if run.status != RunStatus::Running {
+                continue;
+            }
+            match self.resume_run(&run.run_id, shutdown).await? {
+                RunReply::Resumed { status: RunStatus::Running, .. } => {
+                    info!(run_id = %run.run_id, "run resumed after a restart");
+                    resumed += 1;
                 }
-                let limits = PlanLimits { max_tasks: u32::MAX, max_depends: u32::MAX };
-                let checked = match plan::validate(&record.plan, &limits) {
-                    Ok(c) => c,
-                    Err(problems) => return Ok(RunReply::Rejected { problems, planning: None }),
-                };
-                let planning_cost = record.planning.as_ref().map_or(0.0, PlanningReport::cost_usd);
-                let sched = Scheduler::restore(checked, record.options.clone(), record.seed, tasks)
-                    .with_spent(planning_cost);
-                let run_ctx = Ctx::run(record.run_id.clone(), record.trace_id.clone());
-                self.spawn_run(run_ctx, sched, shutdown).await?;
-                Ok(RunReply::Resumed { status: RunStatus::Running, tasks: statuses })
+                other => warn!(run_id = %run.run_id, reply = ?other, "stored run not resumed"),
             }
         }
+        Ok(resumed)
     }
 
     /// Subscribes to the run's events, then drives it on a task of its own.
@@ -323,14 +387,21 @@ impl Coordinator {
     ) -> Result<(), CoordinatorError> {
         let events = self.bus.subscribe(&subjects::task_events_all(&ctx.run_id)).await?;
         let control = self.bus.subscribe(&subjects::run_control(&ctx.run_id)).await?;
+        let run_id = ctx.run_id.clone();
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(run_id.clone());
         let driver = RunDriver { svc: self.clone(), ctx, sched, events, control };
         let span = info_span!("run", run_id = %driver.ctx.run_id, trace_id = %driver.ctx.trace_id);
         let shutdown = shutdown.clone();
+        let active = self.active.clone();
         self.runs.spawn(
             async move {
                 if let Err(e) = driver.drive(shutdown).await {
                     tracing::error!(error = %e, chain = %error_chain(&e), "run driver stopped");
                 }
+                active.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&run_id);
             }
             .instrument(span),
         );

@@ -68,6 +68,12 @@ pub enum Command {
     /// Run scenarios N times and check each run against the scenario's `expect:` block
     #[command(after_help = EVAL_AFTER)]
     Eval(EvalArgs),
+    /// Follow a run of the distributed mode (`run --nats`) to its end and write its outputs
+    #[command(after_help = ATTACH_AFTER)]
+    Attach(AttachArgs),
+    /// Run a service of the distributed mode on NATS: the coordinator (L2) or a worker (L3)
+    #[command(subcommand)]
+    Agent(AgentCommand),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +117,16 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub common: CommonRunArgs,
+
+    /// Submit the run to the coordinator on this NATS server instead of running it in this
+    /// process (distributed mode: `orchestra agent coordinator|worker`). Attempts in flight:
+    /// `limits.max_parallel`, else 2 × --workers if given, else 64
+    #[arg(long, value_name = "URL", help_heading = "NATS")]
+    pub nats: Option<String>,
+
+    // Last: its help heading applies to every argument after it.
+    #[command(flatten)]
+    pub nats_auth: NatsAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -343,4 +359,177 @@ pub struct EvalArgs {
     /// Print eval.json on stdout instead of the table
     #[arg(long)]
     pub json: bool,
+}
+
+/// Credentials and TLS for nats-server, shared by `run --nats`, `attach` and the agents.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "NATS")]
+pub struct NatsAuthArgs {
+    /// NATS user name (with --password)
+    #[arg(long, env = "ORCHESTRA_NATS_USER", value_name = "NAME")]
+    pub user: Option<String>,
+    /// NATS password
+    #[arg(long, env = "ORCHESTRA_NATS_PASSWORD", value_name = "SECRET", hide_env_values = true)]
+    pub password: Option<String>,
+    /// NATS authentication token
+    #[arg(long, env = "ORCHESTRA_NATS_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// NKey seed file
+    #[arg(long, env = "ORCHESTRA_NATS_NKEY", value_name = "FILE")]
+    pub nkey: Option<PathBuf>,
+    /// Credentials file (JWT and NKey seed)
+    #[arg(long, env = "ORCHESTRA_NATS_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+    /// CA certificate that signed the server's certificate (PEM)
+    #[arg(long, env = "ORCHESTRA_NATS_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate for mutual TLS (PEM; with --tls-key)
+    #[arg(long, env = "ORCHESTRA_NATS_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client private key for mutual TLS (PEM; with --tls-cert)
+    #[arg(long, env = "ORCHESTRA_NATS_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse to talk to the server without TLS
+    #[arg(long, env = "ORCHESTRA_NATS_TLS_REQUIRED")]
+    pub tls_required: bool,
+}
+
+/// The NATS server and how to log in to it.
+#[derive(Debug, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (several, comma-separated, for a cluster)
+    #[arg(
+        long,
+        env = "ORCHESTRA_NATS_URL",
+        value_name = "URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "NATS"
+    )]
+    pub nats: String,
+
+    #[command(flatten)]
+    pub auth: NatsAuthArgs,
+}
+
+const ATTACH_AFTER: &str = "\
+Examples:
+  orchestra attach 20261125T100757Z-a1b2c3 --nats nats://10.0.0.5:4222
+  orchestra attach runs/20261125T100757Z-a1b2c3          the run directory works too
+
+`orchestra run --nats` prints the run id at its start. If that CLI was closed (or killed)
+before the run ended, attach follows the run to its end and then makes the run directory
+complete: summary.json, report.md, report.html, the task logs and the artifacts, downloaded
+from the object store and checked against their SHA-256. A finished run is written at once.
+
+Exit codes: as `orchestra run`: 0 every task succeeded, 1 failed tasks, 2 usage errors or no
+coordinator, 130 interrupted (the run goes on; attach again later).";
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Run id, or its run directory (`runs/<id>`; created if missing)
+    pub run: String,
+
+    /// Where run directories are [default: from config, ./runs]
+    #[arg(long, env = "ORCHESTRA_RUNS_DIR", value_name = "DIR")]
+    pub runs_dir: Option<PathBuf>,
+
+    /// Print the run summary as JSON on stdout (progress still goes to stderr)
+    #[arg(long)]
+    pub json: bool,
+
+    /// Render report.md from this minijinja template instead of the built-in one
+    #[arg(long, env = "ORCHESTRA_REPORT_TEMPLATE", value_name = "FILE")]
+    pub report_template: Option<PathBuf>,
+
+    // Last: its help heading applies to every argument after it.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+pub const COORDINATOR_AFTER: &str = "\
+Examples:
+  orchestra agent coordinator                     nats://127.0.0.1:4222, ./orchestra-state
+  orchestra agent coordinator --nats nats://nats:4222 --state /var/lib/orchestra
+  orchestra agent coordinator --config orchestra.yaml --llm anthropic   goals planned by a model
+  orchestra-coordinator --nats tls://nats.example:4222 --creds coordinator.creds --tls-ca ca.pem
+
+The coordinator (L2) answers `orchestra run --nats` and `orchestra attach`, checks and stores
+plans (sled, in --state), plans goals with the model of its config (`llm:`), and dispatches
+tasks to the workers through a JetStream work queue. Restarted, it resumes every run that was
+running, without re-running succeeded tasks or asking the model again. SIGTERM or SIGINT stops
+it; its runs stay resumable. One coordinator per state directory.";
+
+pub const WORKER_AFTER: &str = "\
+Examples:
+  orchestra agent worker                          pool default, 2 slots, ./orchestra-work
+  orchestra agent worker --nats nats://nats:4222 --slots 8 --work-dir /srv/orchestra
+  orchestra-worker --pool default --id gpu-1 --creds worker.creds
+
+A worker (L3) pulls tasks of its pool from the work queue, runs each in a workspace under
+--work-dir, and sends the task logs and artifacts home through the JetStream object store.
+Start as many as you like, on any host that reaches NATS. SIGTERM or SIGINT drains: it stops
+pulling, lets running tasks finish for --drain-grace, then ends the rest (they are run again
+elsewhere).";
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// The coordinator (L2): plans, checks, stores and schedules runs
+    #[command(after_help = COORDINATOR_AFTER)]
+    Coordinator(CoordinatorArgs),
+    /// A worker (L3): runs the tasks of one pool; start as many as you like
+    #[command(after_help = WORKER_AFTER)]
+    Worker(WorkerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    /// The state store: every run, its plan, its tasks and attempts (sled)
+    #[arg(
+        long,
+        env = "ORCHESTRA_STATE_DIR",
+        value_name = "DIR",
+        default_value = "orchestra-state"
+    )]
+    pub state: PathBuf,
+
+    /// Planning backend for goals, as for `run` [default: llm.backend of the config]
+    #[arg(long, value_name = "BACKEND", value_parser = crate::llm::parse_choice, env = "ORCHESTRA_LLM")]
+    pub llm: Option<crate::llm::LlmChoice>,
+
+    /// Model for planning [default: llm.model, else the backend's default]
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+
+    // Last: its help heading applies to every argument after it.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The pool whose tasks this worker runs
+    #[arg(long, env = "ORCHESTRA_POOL", value_name = "NAME", default_value = "default")]
+    pub pool: String,
+
+    /// Tasks run at once
+    #[arg(long, env = "ORCHESTRA_SLOTS", value_name = "N", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub slots: u32,
+
+    /// Where task workspaces and logs are kept (`<dir>/<run>/…`)
+    #[arg(long, env = "ORCHESTRA_WORK_DIR", value_name = "DIR", default_value = "orchestra-work")]
+    pub work_dir: PathBuf,
+
+    /// This worker's name in events and reports [default: <hostname>-<pid>]
+    #[arg(long, env = "ORCHESTRA_WORKER_ID", value_name = "NAME")]
+    pub id: Option<String>,
+
+    /// On SIGTERM, how long running tasks may go on before they are ended
+    #[arg(long, env = "ORCHESTRA_DRAIN_GRACE", value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub drain_grace: std::time::Duration,
+
+    // Last: its help heading applies to every argument after it.
+    #[command(flatten)]
+    pub nats: NatsArgs,
 }

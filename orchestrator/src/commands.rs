@@ -34,6 +34,8 @@ pub async fn dispatch(cli: Cli) -> u8 {
         Command::Runs(args) => crate::runs::command(&cli, args),
         Command::Plans(cmd) => plans(&cli, cmd),
         Command::Eval(args) => crate::eval::command(&cli, args).await,
+        Command::Attach(args) => crate::remote::attach(&cli, args).await,
+        Command::Agent(cmd) => crate::agent::command(&cli, cmd).await,
     };
     match result {
         Ok(code) => code,
@@ -70,7 +72,7 @@ pub(crate) fn usage(message: impl Into<String>, hint: Option<&str>) -> anyhow::E
     UsageError { message: message.into(), hint: hint.map(str::to_owned) }.into()
 }
 
-fn console_level(cli: &Cli, cfg: &ConfigFile) -> String {
+pub(crate) fn console_level(cli: &Cli, cfg: &ConfigFile) -> String {
     match cli.verbose {
         0 => cfg.logging.level.as_str().to_owned(),
         1 => "info".into(),
@@ -91,7 +93,7 @@ pub(crate) fn load_config(cli: &Cli) -> anyhow::Result<ConfigFile> {
     Ok(ConfigFile::default())
 }
 
-fn apply_overrides(cfg: &mut ConfigFile, common: &CommonRunArgs) -> anyhow::Result<()> {
+pub(crate) fn apply_overrides(cfg: &mut ConfigFile, common: &CommonRunArgs) -> anyhow::Result<()> {
     if let Some(w) = common.workers {
         if w == 0 {
             return Err(usage("--workers must be at least 1", Some("pass --workers 1 or more")));
@@ -105,7 +107,7 @@ fn apply_overrides(cfg: &mut ConfigFile, common: &CommonRunArgs) -> anyhow::Resu
 }
 
 /// What `orchestra run` was asked to run.
-enum Source {
+pub(crate) enum Source {
     /// A scenario with explicit tasks, or a plan file: the plan is known.
     Plan { plan: Plan, file: PathBuf, text: Option<String> },
     /// A goal for the coordinator's model.
@@ -113,7 +115,7 @@ enum Source {
 }
 
 /// Reads the scenario, `--goal` or `--plan` into what to submit; writes nothing.
-fn source(cfg: &ConfigFile, args: &RunArgs) -> anyhow::Result<(Source, Option<String>)> {
+pub(crate) fn source(cfg: &ConfigFile, args: &RunArgs) -> anyhow::Result<(Source, Option<String>)> {
     if let Some(path) = &args.plan {
         let text = std::fs::read_to_string(path)
             .map_err(|e| usage(format!("cannot read the plan `{}`: {e}", path.display()), None))?;
@@ -197,6 +199,9 @@ fn parse_plan(path: &Path, text: &str) -> anyhow::Result<Plan> {
 
 /// `orchestra run`; also each trial of `orchestra eval`.
 pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
+    if let Some(url) = &args.nats {
+        return crate::remote::run(cli, args, url).await;
+    }
     let mut cfg = load_config(cli)?;
     apply_overrides(&mut cfg, &args.common)?;
     let log = logging::init(&console_level(cli, &cfg));
@@ -221,23 +226,7 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
     let mut options = cfg.run_options();
     options.dry_run = args.dry_run;
 
-    let now = Timestamp::now();
-    let run_id = RunId::generate(now);
-    let trace_id = TraceId::generate();
-    let run_dir = cfg.runs_dir.join(run_id.as_str());
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
-    if let Some(file) = &args.file {
-        std::fs::copy(file, run_dir.join(layout::SCENARIO))
-            .with_context(|| format!("cannot copy `{}` into the run directory", file.display()))?;
-    } else if let Some(text) = &synthesized {
-        std::fs::write(run_dir.join(layout::SCENARIO), text)
-            .context("cannot write scenario.yaml")?;
-    }
-    std::fs::write(run_dir.join(layout::CONFIG), settings::to_yaml(&cfg))
-        .context("cannot write the resolved config")?;
-    log.open(&run_dir.join(layout::LOGS), run_id.as_str(), trace_id.as_str())
-        .context("cannot open logs.jsonl")?;
+    let (run_id, trace_id, run_dir) = new_run_dir(&cfg, args, synthesized.as_deref(), &log)?;
     tracing::info!(run_id = %run_id, trace_id = %trace_id, "run created");
 
     let planning_time = planner.as_ref().map(|p| p.max_duration(&options));
@@ -348,15 +337,45 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
             follow(cluster, &ctx, events, progress, &log, &run_dir, &args.common, options.dry_run)
                 .await
         }
-        RunReply::Resumed { .. } => anyhow::bail!("the coordinator answered a start with a resume"),
+        RunReply::Resumed { .. } | RunReply::State { .. } => {
+            anyhow::bail!("the coordinator answered a start with something else")
+        }
     }
 }
 
+/// A new run: its id, its trace, and its directory with scenario.yaml and config.yaml written
+/// and logs.jsonl open.
+pub(crate) fn new_run_dir(
+    cfg: &ConfigFile,
+    args: &RunArgs,
+    synthesized: Option<&str>,
+    log: &RunLog,
+) -> anyhow::Result<(RunId, TraceId, PathBuf)> {
+    let now = Timestamp::now();
+    let run_id = RunId::generate(now);
+    let trace_id = TraceId::generate();
+    let run_dir = cfg.runs_dir.join(run_id.as_str());
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run directory `{}`", run_dir.display()))?;
+    if let Some(file) = &args.file {
+        std::fs::copy(file, run_dir.join(layout::SCENARIO))
+            .with_context(|| format!("cannot copy `{}` into the run directory", file.display()))?;
+    } else if let Some(text) = &synthesized {
+        std::fs::write(run_dir.join(layout::SCENARIO), text)
+            .context("cannot write scenario.yaml")?;
+    }
+    std::fs::write(run_dir.join(layout::CONFIG), settings::to_yaml(cfg))
+        .context("cannot write the resolved config")?;
+    log.open(&run_dir.join(layout::LOGS), run_id.as_str(), trace_id.as_str())
+        .context("cannot open logs.jsonl")?;
+    Ok((run_id, trace_id, run_dir))
+}
+
 /// How long L1 waits for the coordinator to accept an explicit plan.
-const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `plan.json`, `plan.mmd` and, when a model made the plan, `llm/`.
-fn write_planning(
+pub(crate) fn write_planning(
     run_dir: &Path,
     planning: Option<&PlanningReport>,
     plan: &Plan,
@@ -372,7 +391,7 @@ fn write_planning(
 }
 
 /// `llm/planning.json` and every call's request and raw answer.
-fn write_calls(run_dir: &Path, planning: &PlanningReport) -> anyhow::Result<()> {
+pub(crate) fn write_calls(run_dir: &Path, planning: &PlanningReport) -> anyhow::Result<()> {
     let dir = run_dir.join(layout::LLM_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
     std::fs::write(run_dir.join(layout::PLANNING), report::pretty_json(planning))
@@ -386,7 +405,7 @@ fn write_calls(run_dir: &Path, planning: &PlanningReport) -> anyhow::Result<()> 
     Ok(())
 }
 
-fn print_planned(planning: Option<&PlanningReport>) {
+pub(crate) fn print_planned(planning: Option<&PlanningReport>) {
     let Some(p) = planning else { return };
     let model = p.model.as_deref().map(|m| format!(" ({m})")).unwrap_or_default();
     if p.cached {
@@ -409,7 +428,7 @@ fn print_planned(planning: Option<&PlanningReport>) {
 }
 
 /// Asks a yes/no question on the terminal; anything but y/yes is no.
-fn confirm(question: &str) -> anyhow::Result<bool> {
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::Write;
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
@@ -484,15 +503,15 @@ async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<u8> {
             eprint!("{}", render_problems(&run_dir.join(layout::PLAN), None, &problems));
             Ok(exit::USAGE)
         }
-        RunReply::Accepted { .. } => {
-            anyhow::bail!("the coordinator answered a resume with a start")
+        RunReply::Accepted { .. } | RunReply::State { .. } => {
+            anyhow::bail!("the coordinator answered a resume with something else")
         }
     }
 }
 
 /// What L1 follows: every event of the run, or with `--quiet` only the run events (task
 /// events feed progress lines that quiet does not print; failures arrive as run events).
-fn follow_subject(cli: &Cli, run: &RunId) -> String {
+pub(crate) fn follow_subject(cli: &Cli, run: &RunId) -> String {
     if cli.quiet { subjects::run_events(run) } else { subjects::run_all(run) }
 }
 
@@ -649,7 +668,7 @@ async fn finish(
     })
 }
 
-fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
+pub(crate) fn print_plan(plan: &orchestra_proto::Plan, order: &[orchestra_proto::TaskId]) {
     let by_id: std::collections::HashMap<_, _> = plan.tasks.iter().map(|t| (&t.id, t)).collect();
     let width = plan.tasks.iter().map(|t| t.id.as_str().len()).max().unwrap_or(4).max(4);
     println!(

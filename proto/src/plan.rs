@@ -181,6 +181,9 @@ pub enum RunRequest {
     Goal { goal: GoalRequest, options: RunOptions, plan_only: bool },
     /// Continue the run of the envelope's run id from its stored state.
     Resume {},
+    /// The stored state of the envelope's run id (L1 writes the summary and report from it
+    /// when the coordinator runs elsewhere).
+    State {},
 }
 
 /// L2 → L1, the reply to a [`RunRequest`].
@@ -199,6 +202,8 @@ pub enum RunReply {
     },
     /// A resumed run: what was already done.
     Resumed { status: RunStatus, tasks: BTreeMap<TaskId, TaskStatus> },
+    /// The stored state of a run, for `RunRequest::State`.
+    State { run: Box<crate::RunRecord>, tasks: Vec<crate::TaskRecord> },
     /// The plan (or request) is invalid; every problem at once.
     Rejected {
         problems: Vec<PlanProblem>,

@@ -8,10 +8,13 @@
 //! | `orchestra.v1.run.<run>.ctl` | pub/sub | L1 → L2 and L3 (cancel) |
 //! | `orchestra.v1.task.<pool>` | work queue | L2 → L3 (dispatches) |
 //!
+//! Object store buckets (distributed mode: results of remote workers, L3 → L3 and L1):
+//! [`ARTIFACTS_BUCKET`] keyed by SHA-256 hex, [`LOGS_BUCKET`] keyed by [`log_object`].
+//!
 //! Run ids, task ids and pool names are restricted to `[A-Za-z0-9_-]`, so they are always a
 //! single subject token.
 
-use crate::{RunId, TaskId};
+use crate::{RunId, Stream, TaskId};
 
 pub const PREFIX: &str = "orchestra.v1";
 /// Request/reply: a [`crate::RunRequest`] answered by a [`crate::RunReply`].
@@ -22,6 +25,17 @@ pub const TASK_QUEUE_ALL: &str = "orchestra.v1.task.>";
 pub const TASK_STREAM: &str = "ORCHESTRA_TASKS";
 /// The default worker pool.
 pub const DEFAULT_POOL: &str = "default";
+
+/// Object store bucket of artifacts produced by remote workers; the key is the lowercase SHA-256
+/// hex of the content, so a put is idempotent and a get is verifiable.
+pub const ARTIFACTS_BUCKET: &str = "orchestra-artifacts";
+/// Object store bucket of remote attempts' output files, keyed by [`log_object`].
+pub const LOGS_BUCKET: &str = "orchestra-logs";
+
+/// Key of an attempt's output file in [`LOGS_BUCKET`]: `<run>/<task>/<attempt>/<stdout|stderr>`.
+pub fn log_object(run: &RunId, task: &TaskId, attempt: u32, stream: Stream) -> String {
+    format!("{run}/{task}/{attempt}/{}", stream.as_str())
+}
 
 /// Run events from the coordinator.
 pub fn run_events(run: &RunId) -> String {
@@ -80,5 +94,8 @@ mod tests {
         assert_eq!(task_queue(DEFAULT_POOL), "orchestra.v1.task.default");
         assert_eq!(dispatch_msg_id(&run, &task, 2), "r1/t1/2");
         assert!(RUN_SUBMIT.starts_with(PREFIX));
+        assert_eq!(log_object(&run, &task, 3, Stream::Stderr), "r1/t1/3/stderr");
+        assert_eq!(ARTIFACTS_BUCKET, "orchestra-artifacts");
+        assert_eq!(LOGS_BUCKET, "orchestra-logs");
     }
 }

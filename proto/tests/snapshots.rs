@@ -106,6 +106,7 @@ fn run_request_start() {
 #[test]
 fn run_request_resume() {
     check("run_request_resume", &ctx(), RunRequest::Resume {});
+    check("run_request_state", &ctx(), RunRequest::State {});
 }
 
 #[test]
@@ -297,6 +298,7 @@ fn stored_records() {
     insta::assert_json_snapshot!("task_record", task);
     let back: TaskRecord = serde_json::from_value(serde_json::to_value(&task).unwrap()).unwrap();
     assert_eq!(back, task);
+    check("run_reply_state", &ctx(), RunReply::State { run: Box::new(run), tasks: vec![task] });
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //!   keeps every byte it sends on loopback.
 //! - [`browser`]: headless Chromium and the real Mermaid package (`scripts/install-chromium`,
 //!   `scripts/install-mermaid`) to check generated diagrams and render HTML reports.
+//! - [`nats`]: real nats-server processes on random loopback ports (`scripts/install-nats-server`),
+//!   killed with the test process, with stop / `kill -9` / restart for fault tests.
 //!
 //! Invariants: the mock listens on loopback only and never rejects a request body; the script
 //! is consumed one reply per model request, in order; an exhausted script answers 500 (counted),
@@ -17,6 +19,7 @@
 
 pub mod browser;
 mod mock;
+pub mod nats;
 
 pub use mock::{MockLlm, Recorded, Reply};
 

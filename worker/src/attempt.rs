@@ -1,10 +1,13 @@
 //! One attempt from start to result: prepare the workspace, stage inputs, run the tool, collect
-//! outputs. Bus-free: events go to a sink, the result is returned. Both tools (`exec`, `claude`)
-//! spawn through [`exec::execute`]; a `claude` attempt is then judged by its JSON result.
+//! outputs. Events go to a sink, the result is returned; the bus is used only as an object store,
+//! for inputs of a remote attempt. Both tools (`exec`, `claude`) spawn through
+//! [`exec::execute`]; a `claude` attempt is then judged by its JSON result.
 
 use crate::artifacts::{self, ArtifactError};
 use crate::claude::{self, ClaudeToolConfig, RootBypass};
 use crate::exec::{self, EnvIds, EventSink, ExecRequest, SpawnError};
+use crate::remote;
+use orchestra_bus::Bus;
 use orchestra_proto::{
     AttemptResult, Dispatch, Failure, FailureKind, Outcome, RunId, SpanId, Stream, TaskEvent,
     TaskId, Timestamp, Tool, TraceId, layout,
@@ -60,7 +63,7 @@ struct PrepareError {
 }
 
 /// Who runs the attempt and in which trace.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AttemptContext<'a> {
     pub run_dir: &'a Path,
     pub run_id: &'a RunId,
@@ -72,6 +75,21 @@ pub struct AttemptContext<'a> {
     pub die_with_worker: bool,
     /// How `claude` tasks run the Claude Code CLI.
     pub claude: &'a ClaudeToolConfig,
+    /// Remote mode: where dependency inputs missing from `run_dir` are fetched from (this bus's
+    /// object store, see [`remote::fetch_inputs`]). `None`: they must be in `run_dir`.
+    pub objects: Option<&'a dyn Bus>,
+}
+
+impl std::fmt::Debug for AttemptContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptContext")
+            .field("run_dir", &self.run_dir)
+            .field("run_id", &self.run_id)
+            .field("worker_id", &self.worker_id)
+            .field("die_with_worker", &self.die_with_worker)
+            .field("remote", &self.objects.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What to spawn for a task: the program, its argv and environment, or why it must not run.
@@ -196,6 +214,18 @@ pub async fn run_attempt(
         return not_spawned(events, Some(failure));
     }
     if !dispatch.inputs.is_empty() {
+        if let Some(bus) = cx.objects {
+            let fetched = tokio::select! {
+                r = remote::fetch_inputs(bus, &paths.run_dir, &dispatch.inputs) => r,
+                () = cancel.cancelled() => {
+                    let failure = Failure::new(FailureKind::Cancelled, "the attempt was cancelled");
+                    return not_spawned(events, Some(failure));
+                }
+            };
+            if let Err(e) = fetched {
+                return not_spawned(events, Some(Failure::from_error(FailureKind::Artifact, &e)));
+            }
+        }
         let (run_dir, workspace, inputs) =
             (paths.run_dir.clone(), paths.workspace.clone(), dispatch.inputs.clone());
         let staged = blocking(move || artifacts::stage_inputs(&run_dir, &workspace, &inputs)).await;

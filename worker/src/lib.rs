@@ -11,13 +11,17 @@
 //! - nothing outside the workspace is collected as an artifact, and a staged input is used only
 //!   if its size and hash match its record;
 //! - the worker keeps no state between attempts beyond the files of the run directory; a
-//!   delivery is acked only after its `Finished` event was published.
+//!   delivery is acked only after its `Finished` event was published;
+//! - in remote mode (a private run directory), an attempt's artifacts and output files are in
+//!   the object store before its `Finished` is published, and an input is fetched from there
+//!   only if its size and hash match its record ([`remote`]).
 //!
 //! Tools: `exec` (a program with arguments) and `claude` (the Claude Code CLI as a sub-agent,
 //! see [`claude`]); both run through [`exec`].
 //!
-//! Layers: [`service`] (bus I/O) → [`attempt`] (one attempt, bus-free) → [`exec`] (the process)
-//! and [`artifacts`] (file copies). `unsafe` is allowed only in the private `sandbox` module.
+//! Layers: [`service`] (bus I/O) → [`attempt`] (one attempt; the bus only as an object store)
+//! → [`exec`] (the process) and [`artifacts`] (file copies); [`remote`] moves results through
+//! the object store (also for L1: [`fetch_results`]). `unsafe` is allowed only in the private `sandbox` module.
 
 #![deny(unsafe_code)]
 
@@ -26,6 +30,7 @@ pub mod attempt;
 pub mod claude;
 pub mod exec;
 pub mod orphans;
+pub mod remote;
 #[allow(unsafe_code)]
 mod sandbox;
 pub mod service;
@@ -33,4 +38,5 @@ pub mod service;
 pub use attempt::{AttemptContext, AttemptPaths, run_attempt};
 pub use claude::ClaudeToolConfig;
 pub use exec::{EventSink, ExecReport, ExecRequest, SpawnError, execute};
+pub use remote::{DEFAULT_MAX_OBJECT_BYTES, FetchReport, RemoteError, fetch_results};
 pub use service::{WorkerConfig, WorkerError, WorkerOptions, run, run_with_options};

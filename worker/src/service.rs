@@ -4,16 +4,23 @@
 //! Per delivery: `Started` → `Output`… (with `Heartbeat` + `progress()` every `heartbeat`) →
 //! `Finished` → `ack`. The ack follows the published `Finished`, so a worker that dies mid-way
 //! leaves the delivery to be redelivered. A payload that does not decode is terminated.
+//!
+//! Remote mode ([`WorkerOptions::remote`]): the worker's run directory is its own, so inputs
+//! missing from it are fetched from the object store, and artifacts and output files are put
+//! there before `Finished` is published (see [`crate::remote`]). On shutdown it drains: attempts
+//! still running after [`WorkerOptions::drain_grace`] are ended and their deliveries nakked, so
+//! another worker takes them at once, instead of being reported `Cancelled`.
 
 use crate::attempt::{AttemptContext, run_attempt};
+use crate::remote;
 use bytes::Bytes;
 use orchestra_bus::{Bus, BusError, Delivery, WorkQueue};
 use orchestra_proto::{
-    Control, Ctx, Dispatch, Envelope, FailureKind, Outcome, RunId, SpanId, TaskEvent, Timestamp,
-    codec, subjects,
+    AttemptResult, Control, Ctx, Dispatch, Envelope, Failure, FailureKind, Outcome, RunId, SpanId,
+    TaskEvent, Timestamp, codec, subjects,
 };
 use std::collections::{HashMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -41,8 +48,9 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
 }
 
-/// How attempts are sandboxed, beyond what every attempt gets.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// How attempts are sandboxed, beyond what every attempt gets, and how the worker reaches its
+/// results' readers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerOptions {
     /// Kill an attempt's leader process if the orchestra process dies (`PR_SET_PDEATHSIG`).
     /// Off by default: it forces `fork` instead of `posix_spawn` for every spawn, which cost
@@ -51,6 +59,27 @@ pub struct WorkerOptions {
     pub die_with_worker: bool,
     /// How `claude` tasks run the Claude Code CLI.
     pub claude: crate::claude::ClaudeToolConfig,
+    /// Distributed mode: `runs_dir` is private to this worker. Inputs come from, and artifacts
+    /// and output files go to, the bus's object store; shutdown drains (see the module docs).
+    /// Off (embedded mode): the run directory is shared with L1 and L2.
+    pub remote: bool,
+    /// Remote mode: on shutdown, how long running attempts may still finish before they are
+    /// ended and handed back. Zero: at once.
+    pub drain_grace: Duration,
+    /// Remote mode: the largest artifact or output file moved through the object store.
+    pub max_object_bytes: u64,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self {
+            die_with_worker: false,
+            claude: crate::claude::ClaudeToolConfig::default(),
+            remote: false,
+            drain_grace: Duration::ZERO,
+            max_object_bytes: remote::DEFAULT_MAX_OBJECT_BYTES,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,12 +184,13 @@ struct Shared {
     runs: Runs,
     /// Process groups alive per run, for `orphans::end_orphans` after a crash.
     ledger: crate::orphans::Ledger,
-    /// Cancelled when the worker stops.
-    stop: CancellationToken,
+    /// Cancelled when the worker ends its running attempts (at shutdown, after any drain grace).
+    halt: CancellationToken,
 }
 
 /// Runs the worker until `shutdown` is cancelled (or the queue closes): stops pulling, ends the
-/// running attempts (reported as `Cancelled`), and returns once they are reported.
+/// running attempts and returns once they are settled. Embedded mode reports them `Cancelled`;
+/// remote mode lets them finish within the drain grace, then naks the rest.
 pub async fn run(
     bus: Arc<dyn Bus>,
     queue: Arc<dyn WorkQueue>,
@@ -178,7 +208,10 @@ pub async fn run_with_options(
     options: WorkerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    // `stop`: no more pulling. `halt`: running attempts end (also if this future is dropped).
     let stop = shutdown.child_token();
+    let halt = CancellationToken::new();
+    let _halt_on_drop = halt.clone().drop_guard();
     let control_subject = subjects::run_control_all();
     let control = bus
         .subscribe(&control_subject)
@@ -187,15 +220,15 @@ pub async fn run_with_options(
     let slots = Arc::new(Semaphore::new(config.slots.max(1)));
     let shared = Arc::new(Shared {
         bus,
-        runs: Runs::new(stop.child_token()),
+        runs: Runs::new(halt.child_token()),
         ledger: crate::orphans::Ledger::default(),
         config,
         options,
-        stop: stop.clone(),
+        halt: halt.clone(),
     });
     let tracker = TaskTracker::new();
-    tracker.spawn(control_loop(shared.clone(), control));
-    info!(worker_id = %shared.config.worker_id, pool = %shared.config.pool, slots = shared.config.slots, "worker started");
+    let control = tokio::spawn(control_loop(shared.clone(), control));
+    info!(worker_id = %shared.config.worker_id, pool = %shared.config.pool, slots = shared.config.slots, remote = shared.options.remote, "worker started");
 
     let mut result = Ok(());
     let mut backoff = Duration::from_millis(50);
@@ -235,7 +268,17 @@ pub async fn run_with_options(
     }
     stop.cancel();
     tracker.close();
+    let grace = if shared.options.remote { shared.options.drain_grace } else { Duration::ZERO };
+    if !grace.is_zero() && !tracker.is_empty() {
+        info!(worker_id = %shared.config.worker_id, attempts = tracker.len(), ?grace, "draining");
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            info!(worker_id = %shared.config.worker_id, attempts = tracker.len(), "drain grace over; handing back the attempts still running");
+        }
+    }
+    halt.cancel();
     tracker.wait().await;
+    // The control loop ends with `halt`; it only logs, so how it ended does not matter.
+    let _ = control.await;
     info!(worker_id = %shared.config.worker_id, "worker stopped");
     result
 }
@@ -244,7 +287,7 @@ async fn control_loop(shared: Arc<Shared>, mut control: orchestra_bus::Subscript
     loop {
         let msg = tokio::select! {
             biased;
-            () = shared.stop.cancelled() => return,
+            () = shared.halt.cancelled() => return,
             m = control.next() => match m {
                 Some(m) => m,
                 None => return,
@@ -315,6 +358,7 @@ async fn run_dispatch(
         worker_id: &shared.config.worker_id,
         die_with_worker: shared.options.die_with_worker,
         claude: &shared.options.claude,
+        objects: shared.options.remote.then_some(&*shared.bus),
     };
     let publish = |event: TaskEvent| {
         let payload = Bytes::from(codec::encode(&ctx.envelope(Timestamp::now(), event)));
@@ -341,7 +385,16 @@ async fn run_dispatch(
         }
         let _ = tx.send(event);
     };
-    let attempt = run_attempt(&cx, dispatch, &mut sink, &cancel);
+    let remote = shared.options.remote;
+    // The attempt, then (remote) its results into the object store; heartbeats go on throughout.
+    let attempt = async {
+        let mut result = run_attempt(&cx, dispatch, &mut sink, &cancel).await;
+        let hand_back = remote && shared.halt.is_cancelled() && is_cancelled(&result);
+        if remote && !hand_back {
+            send_results(shared, &run_dir, dispatch, run_id, &mut result).await;
+        }
+        (result, hand_back)
+    };
     tokio::pin!(attempt);
     let heartbeat = shared.config.heartbeat;
     let mut ticks = tokio::time::interval_at(
@@ -349,7 +402,7 @@ async fn run_dispatch(
         heartbeat.max(Duration::from_millis(1)),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut result = loop {
+    let (mut result, hand_back) = loop {
         tokio::select! {
             biased;
             Some(event) = rx.recv() => {
@@ -376,10 +429,20 @@ async fn run_dispatch(
         publish(event).await;
     }
 
+    if hand_back {
+        // Remote drain: another worker runs it now, instead of the run retrying a cancel.
+        match delivery.acker.nak(None).await {
+            Ok(()) => info!("attempt ended by shutdown; delivery handed back"),
+            Err(e) => {
+                warn!(error = %e, "failed to hand back the delivery of an attempt ended by shutdown")
+            }
+        }
+        return;
+    }
     if let Outcome::Failed { failure } = &mut result.outcome
         && failure.kind == FailureKind::Cancelled
     {
-        if shared.stop.is_cancelled() {
+        if shared.halt.is_cancelled() {
             failure.message = format!("worker `{}` is shutting down", shared.config.worker_id);
         } else if let Some(reason) = shared.runs.cancel_reason(run_id) {
             failure.message = format!("run cancelled: {reason}");
@@ -412,5 +475,32 @@ async fn run_dispatch(
         }
     } else if let Err(e) = delivery.acker.nak(None).await {
         warn!(error = %e, "failed to nak the delivery after its result could not be published");
+    }
+}
+
+fn is_cancelled(result: &AttemptResult) -> bool {
+    matches!(&result.outcome, Outcome::Failed { failure } if failure.kind == FailureKind::Cancelled)
+}
+
+/// Remote mode: puts the attempt's artifacts and output files into the object store. An artifact
+/// that cannot be put fails the attempt (its dependents could not read it); an output file that
+/// cannot is only logged.
+async fn send_results(
+    shared: &Shared,
+    run_dir: &Path,
+    dispatch: &Dispatch,
+    run_id: &RunId,
+    result: &mut AttemptResult,
+) {
+    let (task, attempt) = (&dispatch.task.id, dispatch.attempt);
+    let (bus, max) = (&*shared.bus, shared.options.max_object_bytes);
+    if let Err(e) = remote::upload_artifacts(bus, run_dir, &result.artifacts, max).await {
+        warn!(error = %e, "failed to put the attempt's artifacts into the object store");
+        result.artifacts.clear();
+        result.outcome =
+            Outcome::Failed { failure: Failure::from_error(FailureKind::Artifact, &e) };
+    }
+    if let Err(e) = remote::upload_logs(bus, run_dir, run_id, task, attempt, max).await {
+        warn!(error = %e, "failed to put the attempt's output files into the object store");
     }
 }

@@ -109,6 +109,7 @@ impl Run {
             worker_id: "w1",
             die_with_worker: self.die_with_worker,
             claude: &NO_CLAUDE,
+            objects: None,
         };
         let mut events = Vec::new();
         let mut sink = |e: TaskEvent| events.push(e);
@@ -554,6 +555,7 @@ fn context<'a>(
         worker_id: "w1",
         die_with_worker,
         claude: &NO_CLAUDE,
+        objects: None,
     }
 }
 

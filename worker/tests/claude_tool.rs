@@ -95,6 +95,7 @@ impl Agent {
             worker_id: "w1",
             die_with_worker: false,
             claude: &self.config,
+            objects: None,
         };
         let mut events = Vec::new();
         let mut sink = |e: TaskEvent| events.push(e);

@@ -58,6 +58,7 @@ async fn worker() -> Duration {
                     worker_id: "w",
                     die_with_worker: false,
                     claude: &claude,
+                    objects: None,
                 };
                 let mut events = Vec::new();
                 let mut sink = |e: TaskEvent| events.push(e);

@@ -49,6 +49,12 @@ macro_rules! __with_conformance_cases {
             work_queue_rejects_foreign_subject,
             work_queue_max_ack_pending,
             work_queue_concurrent_consumers,
+            object_round_trip,
+            object_overwrite,
+            object_missing_is_none,
+            object_buckets_independent,
+            object_large,
+            object_keys_with_slashes,
         );
     };
 }
@@ -665,4 +671,106 @@ pub async fn work_queue_concurrent_consumers(bus: Arc<dyn Bus>) {
     }
     assert_eq!(union, (0..MESSAGES).collect(), "the union must be everything published");
     pending_becomes(&producer, 0, "after all acks").await;
+}
+
+// ---- object store ----
+
+/// A bucket name no other case (or earlier run) uses.
+fn bucket(case: &str) -> String {
+    format!("conf-{case}-{}", unique())
+}
+
+async fn put(bus: &Arc<dyn Bus>, bucket: &str, key: &str, data: impl Into<Bytes>) {
+    bus.object_put(bucket, key, data.into())
+        .await
+        .unwrap_or_else(|e| panic!("object_put `{key}` in `{bucket}` failed: {e}"));
+}
+
+async fn get(bus: &Arc<dyn Bus>, bucket: &str, key: &str) -> Option<Bytes> {
+    bus.object_get(bucket, key)
+        .await
+        .unwrap_or_else(|e| panic!("object_get `{key}` in `{bucket}` failed: {e}"))
+}
+
+/// What is put comes back byte for byte: text, every byte value, and nothing at all.
+pub async fn object_round_trip(bus: Arc<dyn Bus>) {
+    let b = bucket("roundtrip");
+    let every_byte: Vec<u8> = (0..=255u8).collect();
+    let cases: [(&str, Bytes); 3] = [
+        ("text", Bytes::from_static(b"hello, object store")),
+        ("binary", Bytes::from(every_byte)),
+        ("empty", Bytes::new()),
+    ];
+    for (key, data) in &cases {
+        put(&bus, &b, key, data.clone()).await;
+    }
+    for (key, data) in &cases {
+        assert_eq!(get(&bus, &b, key).await.as_ref(), Some(data), "object `{key}` round trip");
+    }
+}
+
+/// A second put under the same key replaces the object, longer or shorter.
+pub async fn object_overwrite(bus: Arc<dyn Bus>) {
+    let b = bucket("overwrite");
+    put(&bus, &b, "k", "first version").await;
+    put(&bus, &b, "k", vec![7u8; 300_000]).await;
+    assert_eq!(get(&bus, &b, "k").await, Some(Bytes::from(vec![7u8; 300_000])), "after 2nd put");
+    put(&bus, &b, "k", "third").await;
+    assert_eq!(get(&bus, &b, "k").await, Some(Bytes::from_static(b"third")), "after 3rd put");
+}
+
+/// A key never put, in an existing or a never-used bucket, is `None`, not an error.
+pub async fn object_missing_is_none(bus: Arc<dyn Bus>) {
+    let b = bucket("missing");
+    put(&bus, &b, "present", "x").await;
+    assert_eq!(get(&bus, &b, "absent").await, None, "missing key in an existing bucket");
+    assert_eq!(get(&bus, &b, "present/child").await, None, "a key below an existing key");
+    let unused = bucket("never-used");
+    assert_eq!(get(&bus, &unused, "present").await, None, "a key in a bucket never written");
+}
+
+/// Buckets are separate namespaces: the same key holds different objects in each.
+pub async fn object_buckets_independent(bus: Arc<dyn Bus>) {
+    let (a, b) = (bucket("indep-a"), bucket("indep-b"));
+    put(&bus, &a, "same", "in a").await;
+    put(&bus, &b, "same", "in b").await;
+    put(&bus, &a, "only-a", "a").await;
+    assert_eq!(get(&bus, &a, "same").await, Some(Bytes::from_static(b"in a")), "bucket a");
+    assert_eq!(get(&bus, &b, "same").await, Some(Bytes::from_static(b"in b")), "bucket b");
+    assert_eq!(get(&bus, &b, "only-a").await, None, "a key of bucket a is not in bucket b");
+}
+
+/// A 5 MiB object (many chunks on NATS) round-trips intact.
+pub async fn object_large(bus: Arc<dyn Bus>) {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let b = bucket("large");
+    // A pattern that differs between chunks, so a reordered or repeated chunk is caught.
+    let data: Vec<u8> =
+        (0..SIZE).map(|i| u8::try_from((i / 1000 + i * 31) % 251).unwrap_or(0)).collect();
+    let data = Bytes::from(data);
+    put(&bus, &b, "big", data.clone()).await;
+    let got = get(&bus, &b, "big").await.expect("the 5 MiB object is stored");
+    assert_eq!(got.len(), SIZE, "size of the 5 MiB object");
+    assert!(got == data, "the 5 MiB object came back with different bytes");
+}
+
+/// Keys may contain `/` and `.`; keys that are prefixes of each other stay distinct.
+pub async fn object_keys_with_slashes(bus: Arc<dyn Bus>) {
+    let b = bucket("slashes");
+    let keys = [
+        "run1/t1/1/stdout",
+        "run1/t1/1/stderr",
+        "run1/t1",
+        "run1/t1/10/stdout",
+        "dir.with.dots/file.tar.gz",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+    ];
+    for key in keys {
+        put(&bus, &b, key, format!("value of {key}")).await;
+    }
+    for key in keys {
+        let expect = Bytes::from(format!("value of {key}"));
+        assert_eq!(get(&bus, &b, key).await, Some(expect), "object `{key}`");
+    }
+    assert_eq!(get(&bus, &b, "run1").await, None, "a prefix of stored keys is not a key");
 }

@@ -19,7 +19,7 @@ mod nats;
 pub mod subject;
 
 pub use mem::MemBus;
-pub use nats::NatsBus;
+pub use nats::{NatsBus, NatsOptions};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -115,6 +115,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn flush(&self) -> Result<(), BusError> {
         Ok(())
     }
+
+    /// Stores `data` under `key` in the object store `bucket` (created if needed), replacing
+    /// what was there. Results of remote workers travel this way (a JetStream object store
+    /// on NATS).
+    async fn object_put(&self, bucket: &str, key: &str, data: Bytes) -> Result<(), BusError>;
+
+    /// The object stored under `key` in `bucket`; `None` when there is none.
+    async fn object_get(&self, bucket: &str, key: &str) -> Result<Option<Bytes>, BusError>;
 }
 
 /// A work queue: the JetStream work-queue stream + one durable pull consumer.

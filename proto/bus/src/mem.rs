@@ -30,6 +30,8 @@ use tokio::time::Instant;
 pub struct MemBus {
     core: Arc<Core>,
     queues: Mutex<HashMap<String, Arc<MemQueue>>>,
+    /// Object stores: (bucket, key) → bytes.
+    objects: Mutex<HashMap<(String, String), Bytes>>,
     inbox_prefix: String,
     next_inbox: AtomicU64,
 }
@@ -45,6 +47,7 @@ impl Default for MemBus {
         Self {
             core: Arc::new(Core { subs: Mutex::new(Subs::default()) }),
             queues: Mutex::new(HashMap::new()),
+            objects: Mutex::new(HashMap::new()),
             inbox_prefix: format!("{:016x}", rand::random::<u64>()),
             next_inbox: AtomicU64::new(0),
         }
@@ -115,6 +118,19 @@ impl Bus for MemBus {
 
     /// Every caller opening the same `name` shares one queue; a later open with another config
     /// gets the existing queue unchanged. `max_ack_pending` 0 means no limit.
+    async fn object_put(&self, bucket: &str, key: &str, data: Bytes) -> Result<(), BusError> {
+        subject::validate_object(bucket, key)?;
+        let mut objects = self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        objects.insert((bucket.to_owned(), key.to_owned()), data);
+        Ok(())
+    }
+
+    async fn object_get(&self, bucket: &str, key: &str) -> Result<Option<Bytes>, BusError> {
+        subject::validate_object(bucket, key)?;
+        let objects = self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(objects.get(&(bucket.to_owned(), key.to_owned())).cloned())
+    }
+
     async fn work_queue(&self, config: QueueConfig) -> Result<Arc<dyn WorkQueue>, BusError> {
         for pattern in &config.subjects {
             subject::validate_pattern(pattern)?;

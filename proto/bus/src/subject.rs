@@ -61,6 +61,22 @@ fn check(subject: &str, wildcards: bool) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Bucket names as JetStream object stores take them: `[A-Za-z0-9_-]+`. Keys: non-empty (any
+/// bytes otherwise; the client base64-encodes them into subjects).
+pub(crate) fn validate_object(bucket: &str, key: &str) -> Result<(), BusError> {
+    if bucket.is_empty()
+        || !bucket.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(BusError::Transport(format!(
+            "invalid object-store bucket `{bucket}`: use letters, digits, `_` and `-` only"
+        )));
+    }
+    if key.is_empty() {
+        return Err(BusError::Transport(format!("empty object key in bucket `{bucket}`")));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
