@@ -309,8 +309,10 @@ impl Scheduler {
         }
         let record = &mut self.records[i];
         if let Some(a) = record.attempts.last_mut() {
-            a.worker_id.get_or_insert(result.worker_id);
-            a.started_at.get_or_insert(result.started_at);
+            // The accepted result names the worker that produced it: after a redelivery (a
+            // worker killed or paused past ack-wait) that is not the one that said Started.
+            a.worker_id = Some(result.worker_id);
+            a.started_at = Some(result.started_at);
             a.finished_at = Some(result.finished_at);
             a.exit_code = result.exit_code;
             a.signal = result.signal;

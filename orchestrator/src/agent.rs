@@ -24,8 +24,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Time between a running attempt's heartbeats (in-progress acks on the work queue).
+/// Longest time between a running attempt's heartbeats (in-progress acks on the work queue).
 const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// Heartbeats go every third of the queue's ack wait, at most every [`HEARTBEAT`].
+fn heartbeat(ack_wait: Duration) -> Duration {
+    (ack_wait / 3).min(HEARTBEAT)
+}
 
 /// `orchestra agent …`.
 pub async fn command(cli: &Cli, cmd: &AgentCommand) -> anyhow::Result<u8> {
@@ -69,9 +74,16 @@ async fn stop_signal() -> anyhow::Result<&'static str> {
     }
 }
 
-/// Opens the work queue of `pool`, with the same settings as in embedded mode.
-async fn work_queue(bus: &Arc<dyn Bus>, pool: &str) -> anyhow::Result<Arc<dyn WorkQueue>> {
-    bus.work_queue(local::queue_config(pool)).await.map_err(|e| {
+/// Opens the work queue of `pool`, with the same settings as in embedded mode but `ack_wait`
+/// (which only applies if this call creates the queue's consumer).
+async fn work_queue(
+    bus: &Arc<dyn Bus>,
+    pool: &str,
+    ack_wait: Duration,
+) -> anyhow::Result<Arc<dyn WorkQueue>> {
+    let mut config = local::queue_config(pool);
+    config.ack_wait = ack_wait;
+    bus.work_queue(config).await.map_err(|e| {
         usage(
             format!("cannot open the work queue of pool `{pool}` on NATS: {e}"),
             Some("the server needs JetStream: start it with `nats-server -js` (or `jetstream: enabled` in its config)"),
@@ -105,7 +117,7 @@ async fn coordinator(cli: &Cli, args: &CoordinatorArgs) -> anyhow::Result<u8> {
         )
     })?;
     let bus: Arc<dyn Bus> = remote::connect(url, &args.nats.auth, "orchestra-coordinator").await?;
-    let queue = work_queue(&bus, &cfg.pool).await?;
+    let queue = work_queue(&bus, &cfg.pool, args.ack_wait).await?;
     let config = CoordinatorConfig { resume_running: true, ..CoordinatorConfig::default() };
     let mut service = Coordinator::new(bus.clone(), queue, store.clone(), config);
     let planning = planner.is_some();
@@ -142,13 +154,13 @@ async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<u8> {
     let work_dir = std::path::absolute(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
     let url = args.nats.nats.as_str();
     let bus: Arc<dyn Bus> = remote::connect(url, &args.nats.auth, "orchestra-worker").await?;
-    let queue = work_queue(&bus, &args.pool).await?;
+    let queue = work_queue(&bus, &args.pool, args.ack_wait).await?;
     let config = orchestra_worker::WorkerConfig {
         worker_id: worker_id.clone(),
         pool: args.pool.clone(),
         runs_dir: work_dir.clone(),
         slots: args.slots as usize,
-        heartbeat: HEARTBEAT,
+        heartbeat: heartbeat(args.ack_wait),
     };
     let options = orchestra_worker::WorkerOptions {
         // A worker killed with SIGKILL takes its attempts' leaders with it; the work queue

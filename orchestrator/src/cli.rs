@@ -481,6 +481,15 @@ pub enum AgentCommand {
     Worker(WorkerArgs),
 }
 
+/// `--ack-wait`: a duration of at least 100 ms.
+fn parse_ack_wait(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(100) {
+        return Err("must be at least 100ms".to_owned());
+    }
+    Ok(d)
+}
+
 #[derive(Debug, Args)]
 pub struct CoordinatorArgs {
     /// The state store: every run, its plan, its tasks and attempts (sled)
@@ -499,6 +508,12 @@ pub struct CoordinatorArgs {
     /// Model for planning [default: llm.model, else the backend's default]
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
+
+    /// How long a task's delivery may go without a heartbeat before NATS hands it to another
+    /// worker; used when this agent creates the work queue, so give every agent the same value
+    #[arg(long, env = "ORCHESTRA_ACK_WAIT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_ack_wait)]
+    pub ack_wait: std::time::Duration,
 
     // Last: its help heading applies to every argument after it.
     #[command(flatten)]
@@ -528,6 +543,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "ORCHESTRA_DRAIN_GRACE", value_name = "DURATION", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub drain_grace: std::time::Duration,
+
+    /// How long a task's delivery may go without a heartbeat before NATS hands it to another
+    /// worker (heartbeats go every third of it, at most 5 s); used when this agent creates the work queue, so give every agent the same value
+    #[arg(long, env = "ORCHESTRA_ACK_WAIT", value_name = "DURATION", default_value = "30s",
+          value_parser = parse_ack_wait)]
+    pub ack_wait: std::time::Duration,
 
     // Last: its help heading applies to every argument after it.
     #[command(flatten)]

@@ -42,13 +42,15 @@ impl std::fmt::Debug for LocalCluster {
     }
 }
 
-/// The work queue's settings in embedded mode.
+/// The work queue of `pool`: the shared task stream, and the pool's durable consumer filtered
+/// to the pool's subject (a work-queue stream refuses a second unfiltered consumer).
 pub fn queue_config(pool: &str) -> QueueConfig {
     let mut q = QueueConfig::new(
         subjects::TASK_STREAM,
         vec![subjects::TASK_QUEUE_ALL.to_owned()],
         pool.to_owned(),
     );
+    q.filter = Some(subjects::task_queue(pool));
     q.ack_wait = Duration::from_secs(30);
     q.max_deliver = Some(5);
     q

@@ -452,6 +452,8 @@ fn attempt_records_are_filled() {
             at: Timestamp::from_millis(12),
         },
     );
+    // The result comes from another worker (a redelivery after w7 stalled): it is the one
+    // recorded.
     sim.at(20, ok_with("a", 1, &["out.bin"]));
     sim.at(21, exit("b", 1, 3)); // finished without a started report
     let a = sim.record("a");
@@ -462,8 +464,8 @@ fn attempt_records_are_filled() {
         vec![AttemptRecord {
             attempt: 1,
             dispatched_at: Timestamp::from_millis(10),
-            worker_id: Some("w7".into()),
-            started_at: Some(Timestamp::from_millis(12)),
+            worker_id: Some("w1".into()),
+            started_at: Some(Timestamp::from_millis(1)),
             finished_at: Some(Timestamp::from_millis(2)),
             exit_code: Some(0),
             signal: None,

@@ -1,6 +1,8 @@
 //! Helpers shared by the CLI test files: the real binary, scenario files, waiting, processes.
 #![allow(dead_code, clippy::disallowed_methods)] // not every test file uses every helper
 
+pub mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

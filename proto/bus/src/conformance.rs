@@ -49,6 +49,7 @@ macro_rules! __with_conformance_cases {
             work_queue_rejects_foreign_subject,
             work_queue_max_ack_pending,
             work_queue_concurrent_consumers,
+            work_queue_pools_filtered,
             object_round_trip,
             object_overwrite,
             object_missing_is_none,
@@ -671,6 +672,43 @@ pub async fn work_queue_concurrent_consumers(bus: Arc<dyn Bus>) {
     }
     assert_eq!(union, (0..MESSAGES).collect(), "the union must be everything published");
     pending_becomes(&producer, 0, "after all acks").await;
+}
+
+/// Two pools share one stream through consumers filtered to their subjects: each consumer gets
+/// only its pool's messages, and a consumer overlapping another one's filter is refused.
+pub async fn work_queue_pools_filtered(bus: Arc<dyn Bus>) {
+    let (config, p) = queue_config("pools");
+    let pool = |name: &str| QueueConfig {
+        consumer: name.to_owned(),
+        filter: Some(format!("{p}.{name}")),
+        ..config.clone()
+    };
+    let cpu = open(&bus, pool("cpu")).await;
+    let gpu = open(&bus, pool("gpu")).await;
+    for i in 0..3 {
+        for name in ["cpu", "gpu"] {
+            enqueue(&cpu, &format!("{p}.{name}"), &format!("{name}{i}"), &format!("{name}{i}"))
+                .await;
+        }
+    }
+    for (queue, name) in [(&cpu, "cpu"), (&gpu, "gpu")] {
+        let mut got = Vec::new();
+        for i in 0..3 {
+            let d = take(queue, SOON, &format!("{name} message {i}")).await;
+            assert_eq!(d.subject, format!("{p}.{name}"), "{name} got another pool's message");
+            got.push(text(&d));
+            ack(&d).await;
+        }
+        assert_eq!(got, [0, 1, 2].map(|i| format!("{name}{i}")), "{name}: its own, in order");
+        none_within(queue, QUIET, &format!("{name} after its own messages")).await;
+    }
+    pending_becomes(&cpu, 0, "after both pools acked").await;
+    let unfiltered = QueueConfig { consumer: "all".to_owned(), ..config.clone() };
+    let got = bus.work_queue(unfiltered).await.err();
+    assert!(got.is_some(), "an unfiltered consumer overlapping the pools must be refused");
+    let wide = QueueConfig { filter: Some(format!("{p}.*")), ..pool("wide") };
+    let got = bus.work_queue(wide).await.err();
+    assert!(got.is_some(), "a filter overlapping the pools' must be refused");
 }
 
 // ---- object store ----

@@ -125,7 +125,8 @@ pub trait Bus: Send + Sync + 'static {
     async fn object_get(&self, bucket: &str, key: &str) -> Result<Option<Bytes>, BusError>;
 }
 
-/// A work queue: the JetStream work-queue stream + one durable pull consumer.
+/// A work queue: the JetStream work-queue stream + one durable pull consumer (of possibly
+/// several on the stream, one per worker pool, told apart by their filters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueConfig {
     /// Stream name (`ORCHESTRA_TASKS`).
@@ -134,6 +135,9 @@ pub struct QueueConfig {
     pub subjects: Vec<String>,
     /// Durable consumer name shared by every worker of a pool.
     pub consumer: String,
+    /// The subjects this consumer takes (`None`: all the stream's). On a work-queue stream the
+    /// consumers' filters must not overlap, and at most one consumer may go unfiltered.
+    pub filter: Option<String>,
     /// Redeliver a message not acked (nor heartbeated) within this time.
     pub ack_wait: Duration,
     /// Deliveries before a message is given up (`None` = unlimited).
@@ -156,6 +160,7 @@ impl QueueConfig {
             name: name.into(),
             subjects,
             consumer: consumer.into(),
+            filter: None,
             ack_wait: Duration::from_secs(30),
             max_deliver: None,
             backoff: Vec::new(),
@@ -187,7 +192,7 @@ pub trait WorkQueue: Send + Sync {
     /// Returns `Ok(None)` if nothing arrived within `wait`.
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>, BusError>;
 
-    /// Messages stored and not yet acked or terminated.
+    /// Messages stored in the stream (for every consumer) and not yet acked or terminated.
     async fn pending(&self) -> Result<u64, BusError>;
 
     /// Deliveries that exhausted `max_deliver` (JetStream's MAX_DELIVERIES advisory). Each one is

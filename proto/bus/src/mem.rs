@@ -4,6 +4,9 @@
 //! Behaviour copies NATS where orchestra relies on it (see `nats-jetstream.md`):
 //! - a core publish to a subject a work queue captures is stored in that queue, and a work-queue
 //!   publish is also seen by core subscribers, as on NATS;
+//! - a stream may have several durable consumers with non-overlapping filters (at most one
+//!   unfiltered): each message goes to the consumer whose filter matches it, and waits in the
+//!   stream until such a consumer exists;
 //! - a work queue counts a message towards `max_ack_pending` from its first delivery until it is
 //!   acked, terminated or exhausted, redeliveries included (JetStream's `num_ack_pending`);
 //! - an ack, nak, progress or term from a delivery that was already superseded by a redelivery is
@@ -29,7 +32,8 @@ use tokio::time::Instant;
 /// In-process implementation of [`Bus`]. Cheap: per-message cost is a lock and a channel send.
 pub struct MemBus {
     core: Arc<Core>,
-    queues: Mutex<HashMap<String, Arc<MemQueue>>>,
+    /// Work-queue streams by name.
+    streams: Mutex<HashMap<String, Arc<MemStream>>>,
     /// Object stores: (bucket, key) → bytes.
     objects: Mutex<HashMap<(String, String), Bytes>>,
     inbox_prefix: String,
@@ -46,7 +50,7 @@ impl Default for MemBus {
     fn default() -> Self {
         Self {
             core: Arc::new(Core { subs: Mutex::new(Subs::default()) }),
-            queues: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
             objects: Mutex::new(HashMap::new()),
             inbox_prefix: format!("{:016x}", rand::random::<u64>()),
             next_inbox: AtomicU64::new(0),
@@ -65,8 +69,8 @@ impl MemBus {
         self.core.count()
     }
 
-    fn queues_capturing(&self, subject: &str) -> Vec<Arc<MemQueue>> {
-        lock(&self.queues).values().filter(|q| q.captures(subject)).cloned().collect()
+    fn streams_capturing(&self, subject: &str) -> Vec<Arc<MemStream>> {
+        lock(&self.streams).values().filter(|s| s.captures(subject)).cloned().collect()
     }
 }
 
@@ -74,8 +78,8 @@ impl MemBus {
 impl Bus for MemBus {
     async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         subject::validate_subject(subject)?;
-        for queue in self.queues_capturing(subject) {
-            queue.store(subject, "", payload.clone());
+        for stream in self.streams_capturing(subject) {
+            stream.store(subject, "", payload.clone());
         }
         self.core.deliver(&Message { subject: subject.to_owned(), reply: None, payload });
         Ok(())
@@ -116,8 +120,6 @@ impl Bus for MemBus {
         }
     }
 
-    /// Every caller opening the same `name` shares one queue; a later open with another config
-    /// gets the existing queue unchanged. `max_ack_pending` 0 means no limit.
     async fn object_put(&self, bucket: &str, key: &str, data: Bytes) -> Result<(), BusError> {
         subject::validate_object(bucket, key)?;
         let mut objects = self.objects.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -131,30 +133,40 @@ impl Bus for MemBus {
         Ok(objects.get(&(bucket.to_owned(), key.to_owned())).cloned())
     }
 
+    /// Every caller opening the same stream `name` and `consumer` shares one consumer; a later
+    /// open with another config gets the existing stream and consumer unchanged. A new consumer
+    /// whose filter overlaps another's on the stream is refused, as on JetStream.
+    /// `max_ack_pending` 0 means no limit.
     async fn work_queue(&self, config: QueueConfig) -> Result<Arc<dyn WorkQueue>, BusError> {
+        let queue_error = |reason: String| BusError::Queue { queue: config.name.clone(), reason };
         for pattern in &config.subjects {
             subject::validate_pattern(pattern)?;
         }
         if config.subjects.is_empty() {
-            return Err(BusError::Queue {
-                queue: config.name.clone(),
-                reason: "no subjects".to_owned(),
-            });
+            return Err(queue_error("no subjects".to_owned()));
         }
-        let mut queues = lock(&self.queues);
-        if let Some(queue) = queues.get(&config.name) {
-            return Ok(queue.clone());
+        if let Some(filter) = &config.filter {
+            subject::validate_pattern(filter)?;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return Err(BusError::Queue {
-                queue: config.name.clone(),
-                reason: "work queues need a tokio runtime for their timers".to_owned(),
-            });
+            return Err(queue_error(
+                "work queues need a tokio runtime for their timers".to_owned(),
+            ));
         };
-        let queue = MemQueue::new(config, Arc::downgrade(&self.core));
-        runtime.spawn(timer_loop(Arc::downgrade(&queue), queue.wake_timer.clone()));
-        queues.insert(queue.config.name.clone(), queue.clone());
-        Ok(queue)
+        let stream = lock(&self.streams)
+            .entry(config.name.clone())
+            .or_insert_with(|| {
+                Arc::new(MemStream {
+                    name: config.name.clone(),
+                    subjects: config.subjects.clone(),
+                    duplicate_window: config.duplicate_window,
+                    core: Arc::downgrade(&self.core),
+                    state: Mutex::new(StreamState::default()),
+                })
+            })
+            .clone();
+        let queue = stream.consumer(config, &runtime)?;
+        Ok(Arc::new(MemHandle { stream, queue }))
     }
 }
 
@@ -252,10 +264,179 @@ impl Core {
 
 // ---- work queues ----
 
+/// A work-queue stream: sequence numbers, de-duplication, its consumers, and the messages none
+/// of them takes yet. Lock order: a stream's state before a consumer's.
+struct MemStream {
+    name: String,
+    subjects: Vec<String>,
+    duplicate_window: Duration,
+    core: Weak<Core>,
+    state: Mutex<StreamState>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    last_seq: u64,
+    dedup: HashMap<String, u64>,
+    dedup_order: VecDeque<(Instant, String)>,
+    consumers: Vec<Arc<MemQueue>>,
+    /// Stored messages no consumer's filter matches (yet): (subject, payload) by sequence.
+    unclaimed: BTreeMap<u64, (String, Bytes)>,
+}
+
+impl MemStream {
+    fn captures(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|p| subject::matches(p, subject))
+    }
+
+    fn error(&self, reason: String) -> BusError {
+        BusError::Queue { queue: self.name.clone(), reason }
+    }
+
+    /// The consumer `config.consumer`, created (with its timer task on `runtime`) when missing.
+    fn consumer(
+        &self,
+        config: QueueConfig,
+        runtime: &tokio::runtime::Handle,
+    ) -> Result<Arc<MemQueue>, BusError> {
+        let mut st = lock(&self.state);
+        if let Some(queue) = st.consumers.iter().find(|q| q.config.consumer == config.consumer) {
+            return Ok(queue.clone());
+        }
+        if let Some(filter) = &config.filter
+            && !self.subjects.iter().any(|p| subject::overlaps(p, filter))
+        {
+            return Err(self.error(format!(
+                "the filter `{filter}` of consumer `{}` takes nothing the stream captures",
+                config.consumer
+            )));
+        }
+        let overlapping = |other: &Option<String>| match (other, &config.filter) {
+            (Some(a), Some(b)) => subject::overlaps(a, b),
+            _ => true,
+        };
+        if let Some(other) = st.consumers.iter().find(|q| overlapping(&q.config.filter)) {
+            return Err(self.error(format!(
+                "the filter of consumer `{}` overlaps that of consumer `{}` on a work-queue stream",
+                config.consumer, other.config.consumer
+            )));
+        }
+        let queue = MemQueue::new(config);
+        runtime.spawn(timer_loop(Arc::downgrade(&queue), queue.wake_timer.clone()));
+        let now = Instant::now();
+        let claimed: Vec<u64> =
+            st.unclaimed.iter().filter(|(_, (s, _))| queue.takes(s)).map(|(&seq, _)| seq).collect();
+        for seq in claimed {
+            if let Some((subject, payload)) = st.unclaimed.remove(&seq) {
+                queue.insert(seq, subject, payload, now);
+            }
+        }
+        st.consumers.push(queue.clone());
+        Ok(queue)
+    }
+
+    /// Stores a message (unless its id is a duplicate) with the consumer that takes it.
+    fn store(&self, subject: &str, msg_id: &str, payload: Bytes) -> PublishAck {
+        let now = Instant::now();
+        let mut st = lock(&self.state);
+        let window = self.duplicate_window;
+        while let Some((at, _)) = st.dedup_order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            if let Some((_, id)) = st.dedup_order.pop_front() {
+                st.dedup.remove(&id);
+            }
+        }
+        if let Some(&sequence) = st.dedup.get(msg_id) {
+            return PublishAck { sequence, duplicate: true };
+        }
+        st.last_seq += 1;
+        let sequence = st.last_seq;
+        if !msg_id.is_empty() && !window.is_zero() {
+            st.dedup.insert(msg_id.to_owned(), sequence);
+            st.dedup_order.push_back((now, msg_id.to_owned()));
+        }
+        match st.consumers.iter().find(|q| q.takes(subject)) {
+            Some(queue) => queue.insert(sequence, subject.to_owned(), payload, now),
+            None => {
+                st.unclaimed.insert(sequence, (subject.to_owned(), payload));
+            }
+        }
+        PublishAck { sequence, duplicate: false }
+    }
+
+    fn pending(&self) -> u64 {
+        let st = lock(&self.state);
+        let taken: usize = st.consumers.iter().map(|q| lock(&q.state).messages.len()).sum();
+        (st.unclaimed.len() + taken) as u64
+    }
+
+    fn remove(&self, sequence: u64) {
+        let mut st = lock(&self.state);
+        if st.unclaimed.remove(&sequence).is_none() {
+            for queue in &st.consumers {
+                if queue.remove(sequence) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What [`MemBus::work_queue`] hands out: a stream and one of its consumers.
+struct MemHandle {
+    stream: Arc<MemStream>,
+    queue: Arc<MemQueue>,
+}
+
+#[async_trait]
+impl WorkQueue for MemHandle {
+    /// An empty `msg_id` disables de-duplication for this message.
+    async fn publish(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<PublishAck, BusError> {
+        subject::validate_subject(subject)?;
+        if !self.stream.captures(subject) {
+            return Err(self
+                .stream
+                .error(format!("subject `{subject}` is not captured by the stream")));
+        }
+        let ack = self.stream.store(subject, msg_id, payload.clone());
+        if let Some(core) = self.stream.core.upgrade() {
+            core.deliver(&Message { subject: subject.to_owned(), reply: None, payload });
+        }
+        Ok(ack)
+    }
+
+    async fn next(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
+        self.queue.next(wait).await
+    }
+
+    async fn pending(&self) -> Result<u64, BusError> {
+        Ok(self.stream.pending())
+    }
+
+    async fn exhausted(&self) -> Result<mpsc::UnboundedReceiver<Exhausted>, BusError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.queue.state).exhausted.push(tx);
+        Ok(rx)
+    }
+
+    /// Removes any stored message; removing an unknown sequence is not an error.
+    async fn remove(&self, sequence: u64) -> Result<(), BusError> {
+        self.stream.remove(sequence);
+        Ok(())
+    }
+}
+
+/// One durable consumer: delivery state of the messages its filter takes.
 struct MemQueue {
     config: QueueConfig,
     me: Weak<MemQueue>,
-    core: Weak<Core>,
     state: Mutex<QueueState>,
     wake_timer: Arc<Notify>,
 }
@@ -269,7 +450,6 @@ impl Drop for MemQueue {
 
 #[derive(Default)]
 struct QueueState {
-    last_seq: u64,
     last_token: u64,
     messages: BTreeMap<u64, Stored>,
     /// Never delivered, in order.
@@ -283,8 +463,6 @@ struct QueueState {
     /// Messages delivered and not yet acked, terminated or exhausted.
     ack_pending: usize,
     waiters: VecDeque<oneshot::Sender<Delivery>>,
-    dedup: HashMap<String, u64>,
-    dedup_order: VecDeque<(Instant, String)>,
     exhausted: Vec<mpsc::UnboundedSender<Exhausted>>,
 }
 
@@ -315,18 +493,18 @@ enum Slot {
 }
 
 impl MemQueue {
-    fn new(config: QueueConfig, core: Weak<Core>) -> Arc<Self> {
+    fn new(config: QueueConfig) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             config,
             me: me.clone(),
-            core,
             state: Mutex::new(QueueState::default()),
             wake_timer: Arc::new(Notify::new()),
         })
     }
 
-    fn captures(&self, subject: &str) -> bool {
-        self.config.subjects.iter().any(|p| subject::matches(p, subject))
+    /// True when this consumer's filter takes `subject`.
+    fn takes(&self, subject: &str) -> bool {
+        self.config.filter.as_deref().is_none_or(|f| subject::matches(f, subject))
     }
 
     /// The ack deadline of delivery number `delivered`: `backoff[delivered - 1]` (the last entry
@@ -339,40 +517,13 @@ impl MemQueue {
         }
     }
 
-    fn store(&self, subject: &str, msg_id: &str, payload: Bytes) -> PublishAck {
-        let now = Instant::now();
+    /// Takes a newly stored message.
+    fn insert(&self, seq: u64, subject: String, payload: Bytes, now: Instant) {
         let mut st = lock(&self.state);
-        let window = self.config.duplicate_window;
-        while let Some((at, _)) = st.dedup_order.front() {
-            if now.duration_since(*at) < window {
-                break;
-            }
-            if let Some((_, id)) = st.dedup_order.pop_front() {
-                st.dedup.remove(&id);
-            }
-        }
-        if let Some(&sequence) = st.dedup.get(msg_id) {
-            return PublishAck { sequence, duplicate: true };
-        }
-        st.last_seq += 1;
-        let sequence = st.last_seq;
-        if !msg_id.is_empty() && !window.is_zero() {
-            st.dedup.insert(msg_id.to_owned(), sequence);
-            st.dedup_order.push_back((now, msg_id.to_owned()));
-        }
-        st.messages.insert(
-            sequence,
-            Stored {
-                subject: subject.to_owned(),
-                payload,
-                delivered: 0,
-                token: 0,
-                slot: Slot::Fresh,
-            },
-        );
-        st.fresh.insert(sequence);
+        st.messages
+            .insert(seq, Stored { subject, payload, delivered: 0, token: 0, slot: Slot::Fresh });
+        st.fresh.insert(seq);
         self.pump(&mut st, now);
-        PublishAck { sequence, duplicate: false }
     }
 
     /// Delivers the next due message, redeliveries first, if `max_ack_pending` allows.
@@ -601,29 +752,8 @@ impl Drop for Waiter<'_> {
     }
 }
 
-#[async_trait]
-impl WorkQueue for MemQueue {
-    /// An empty `msg_id` disables de-duplication for this message.
-    async fn publish(
-        &self,
-        subject: &str,
-        msg_id: &str,
-        payload: Bytes,
-    ) -> Result<PublishAck, BusError> {
-        subject::validate_subject(subject)?;
-        if !self.captures(subject) {
-            return Err(BusError::Queue {
-                queue: self.config.name.clone(),
-                reason: format!("subject `{subject}` is not captured by the stream"),
-            });
-        }
-        let ack = self.store(subject, msg_id, payload.clone());
-        if let Some(core) = self.core.upgrade() {
-            core.deliver(&Message { subject: subject.to_owned(), reply: None, payload });
-        }
-        Ok(ack)
-    }
-
+impl MemQueue {
+    /// Waits for the next delivery (cancel-safe).
     async fn next(&self, wait: Duration) -> Result<Option<Delivery>, BusError> {
         let rx = {
             let mut st = lock(&self.state);
@@ -647,20 +777,10 @@ impl WorkQueue for MemQueue {
         }
     }
 
-    async fn pending(&self) -> Result<u64, BusError> {
-        Ok(lock(&self.state).messages.len() as u64)
-    }
-
-    async fn exhausted(&self) -> Result<mpsc::UnboundedReceiver<Exhausted>, BusError> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock(&self.state).exhausted.push(tx);
-        Ok(rx)
-    }
-
-    /// Removes any stored message; removing an unknown sequence is not an error.
-    async fn remove(&self, sequence: u64) -> Result<(), BusError> {
+    /// Removes the message if this consumer holds it; true when it did.
+    fn remove(&self, sequence: u64) -> bool {
         let mut st = lock(&self.state);
-        let Some(msg) = st.messages.remove(&sequence) else { return Ok(()) };
+        let Some(msg) = st.messages.remove(&sequence) else { return false };
         match msg.slot {
             Slot::Fresh => {
                 st.fresh.remove(&sequence);
@@ -676,7 +796,7 @@ impl WorkQueue for MemQueue {
             Slot::Exhausted => {}
         }
         self.pump(&mut st, Instant::now());
-        Ok(())
+        true
     }
 }
 
@@ -918,14 +1038,70 @@ mod tests {
         assert!(q.publish("t.a", "a", Bytes::new()).await.unwrap().duplicate);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn same_name_opens_the_same_queue() {
         let bus = MemBus::new();
         let a = queue(&bus, config("Q")).await;
         let b = queue(&bus, QueueConfig { ack_wait: SEC, ..config("Q") }).await;
-        assert!(std::ptr::addr_eq(Arc::as_ptr(&a), Arc::as_ptr(&b)));
         let c = queue(&bus, QueueConfig::new("R", vec!["u.>".into()], "w")).await;
-        assert!(!std::ptr::addr_eq(Arc::as_ptr(&a), Arc::as_ptr(&c)));
+        a.publish("t.a", "a", Bytes::new()).await.unwrap();
+        assert_eq!((b.pending().await.unwrap(), c.pending().await.unwrap()), (1, 0));
+        let d = take(&b).await;
+        assert!(q_next_none(&a).await, "one consumer: a sees b's delivery as taken");
+        tokio::time::sleep(SEC * 2).await;
+        assert!(q_next_none(&a).await, "ack_wait is a's 30 s, not b's 1 s");
+        d.acker.ack().await.unwrap();
+        assert_eq!(a.pending().await.unwrap(), 0);
+    }
+
+    async fn q_next_none(q: &Arc<dyn WorkQueue>) -> bool {
+        q.next(Duration::from_millis(10)).await.unwrap().is_none()
+    }
+
+    fn pool(pool: &str) -> QueueConfig {
+        QueueConfig {
+            filter: Some(format!("t.{pool}")),
+            ..QueueConfig::new("S", vec!["t.>".into()], pool)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn filtered_consumers_split_a_stream() {
+        let bus = MemBus::new();
+        let cpu = queue(&bus, pool("cpu")).await;
+        cpu.publish("t.gpu", "g1", Bytes::from_static(b"g1")).await.unwrap();
+        cpu.publish("t.cpu", "c1", Bytes::from_static(b"c1")).await.unwrap();
+        bus.publish("t.gpu", Bytes::from_static(b"g2")).await.unwrap();
+        assert_eq!(cpu.pending().await.unwrap(), 3, "the stream holds every pool's messages");
+        let d = take(&cpu).await;
+        assert_eq!((seen(&d), d.payload.as_ref()), ((2, 1), &b"c1"[..]));
+        assert!(q_next_none(&cpu).await, "gpu messages are not cpu's");
+        // A consumer opened later takes what waited for it, in order.
+        let gpu = queue(&bus, pool("gpu")).await;
+        let got: Vec<_> = [take(&gpu).await, take(&gpu).await].iter().map(seen).collect();
+        assert_eq!(got, [(1, 1), (3, 1)]);
+        // Overlapping filters are refused, as on JetStream (10100 and 10099).
+        let refuse = |cfg: QueueConfig| {
+            let bus = bus.clone();
+            async move { bus.work_queue(cfg).await.err() }
+        };
+        let all = QueueConfig::new("S", vec!["t.>".into()], "all");
+        assert!(refuse(all).await.is_some(), "an unfiltered consumer overlaps every filter");
+        let star = QueueConfig { filter: Some("t.*".into()), ..pool("star") };
+        assert!(refuse(star).await.is_some(), "`t.*` overlaps `t.cpu`");
+        let foreign = QueueConfig { filter: Some("u.x".into()), ..pool("u") };
+        assert!(refuse(foreign).await.is_some(), "a filter outside the stream takes nothing");
+        let other = QueueConfig { filter: Some("t.io".into()), ..pool("io") };
+        assert!(refuse(other).await.is_none(), "a disjoint filter is fine");
+        d.acker.ack().await.unwrap();
+        remove_all(&gpu, &[1, 3]).await;
+        assert_eq!(cpu.pending().await.unwrap(), 0);
+    }
+
+    async fn remove_all(q: &Arc<dyn WorkQueue>, seqs: &[u64]) {
+        for &seq in seqs {
+            q.remove(seq).await.unwrap();
+        }
     }
 
     #[tokio::test]

@@ -331,8 +331,9 @@ impl Bus for NatsBus {
         }
     }
 
-    /// Creates the stream and the durable consumer if they do not exist; an existing stream or
-    /// consumer is used as it is, whatever `config` says.
+    /// Creates the stream and the durable consumer (filtered by `config.filter`) if they do not
+    /// exist; an existing stream or consumer is used as it is, whatever `config` says. The
+    /// server refuses a consumer whose filter overlaps another's on the stream.
     async fn work_queue(&self, config: QueueConfig) -> Result<Arc<dyn WorkQueue>, BusError> {
         let queue_error = |reason: String| BusError::Queue { queue: config.name.clone(), reason };
         validate_name(&config.name)
@@ -345,6 +346,9 @@ impl Bus for NatsBus {
         }
         for pattern in &config.subjects {
             subject::validate_pattern(pattern)?;
+        }
+        if let Some(filter) = &config.filter {
+            subject::validate_pattern(filter)?;
         }
         let stream_config = stream::Config {
             name: config.name.clone(),
@@ -367,6 +371,7 @@ impl Bus for NatsBus {
             durable_name: Some(config.consumer.clone()),
             ack_policy: AckPolicy::Explicit,
             ack_wait: config.ack_wait,
+            filter_subject: config.filter.clone().unwrap_or_default(),
             max_deliver: config.max_deliver.map_or(-1, i64::from),
             backoff: config.backoff.clone(),
             max_ack_pending: match config.max_ack_pending {

@@ -31,6 +31,21 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// True when some subject matches both patterns. Both are assumed valid.
+pub fn overlaps(a: &str, b: &str) -> bool {
+    let mut a = a.split('.');
+    let mut b = b.split('.');
+    loop {
+        match (a.next(), b.next()) {
+            // `>` takes one or more tokens: the other side needs at least one left.
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 fn invalid(subject: &str, reason: &str) -> BusError {
     BusError::InvalidSubject { subject: subject.to_owned(), reason: reason.to_owned() }
 }
@@ -167,5 +182,34 @@ mod tests {
         check_match("a.*.>", "a.b", false);
         check_match("a.*.>", "a.b.c", true);
         check_match("*.>", "a.b", true);
+    }
+
+    fn check_overlap(a: &str, b: &str, expect: bool) {
+        assert_eq!(validate_pattern(a), Ok(()), "pattern `{a}`");
+        assert_eq!(validate_pattern(b), Ok(()), "pattern `{b}`");
+        assert_eq!(overlaps(a, b), expect, "`{a}` vs `{b}`");
+        assert_eq!(overlaps(b, a), expect, "`{b}` vs `{a}`");
+    }
+
+    #[test]
+    fn overlapping() {
+        check_overlap("a", "a", true);
+        check_overlap("a", "b", false);
+        check_overlap("a.b", "a", false);
+        check_overlap("*", "a", true);
+        check_overlap("*", "a.b", false);
+        check_overlap(">", "a.b.c", true);
+        check_overlap(">", "*", true);
+        check_overlap("a.>", "a", false);
+        check_overlap("a.>", "a.b", true);
+        check_overlap("a.>", "b.>", false);
+        check_overlap("a.*", "*.b", true);
+        check_overlap("a.*.c", "a.b.*", true);
+        check_overlap("a.*.c", "a.b.d", false);
+        check_overlap("a.*", "a.b.>", false);
+        check_overlap("a.*.>", "a.b", false);
+        check_overlap("a.*.>", "*.b.c.d", true);
+        check_overlap("o.task.default", "o.task.gpu", false);
+        check_overlap("o.task.>", "o.task.gpu", true);
     }
 }
