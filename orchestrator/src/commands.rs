@@ -289,39 +289,10 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<u8> {
         RunReply::Rejected { problems, planning } => {
             cluster.shutdown().await;
             log.close();
-            let kept = match &planning {
-                Some(p) => {
-                    // The model's answers are evidence: keep them with the run directory.
-                    let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
-                    write_calls(&run_dir, p)?;
-                    true
-                }
-                None => {
-                    let _ = std::fs::remove_dir_all(&run_dir);
-                    false
-                }
-            };
-            eprint!("{}", render_problems(file, text.as_deref(), &problems));
-            if kept {
-                eprintln!(
-                    "the model's answers are kept in {}",
-                    run_dir.join(layout::LLM_DIR).display()
-                );
-            }
-            Ok(exit::USAGE)
+            rejected(&run_dir, file, text.as_deref(), &problems, planning.as_ref())
         }
         RunReply::Accepted { order, plan: planned, planning, .. } => {
-            let plan = match (planned, &source) {
-                (Some(plan), _) => plan,
-                (None, Source::Plan { plan, .. }) => plan.clone(),
-                (None, Source::Goal { .. }) => {
-                    anyhow::bail!("the coordinator accepted a goal without returning its plan")
-                }
-            };
-            write_planning(&run_dir, planning.as_ref(), &plan)?;
-            if !args.approve && planning.is_some() && !cli.quiet {
-                print_planned(planning.as_ref());
-            }
+            let plan = accepted(cli, args, &source, &run_dir, planned, planning.as_ref())?;
             if args.plan_only {
                 cluster.shutdown().await;
                 let _ = std::fs::remove_dir_all(local::state_dir(&run_dir));
@@ -369,6 +340,55 @@ pub(crate) fn new_run_dir(
     log.open(&run_dir.join(layout::LOGS), run_id.as_str(), trace_id.as_str())
         .context("cannot open logs.jsonl")?;
     Ok((run_id, trace_id, run_dir))
+}
+
+/// A plan L2 refused: every problem, with the model's answers kept in the run directory when
+/// a model was asked (they are evidence), else no run directory at all. Exit code 2.
+pub(crate) fn rejected(
+    run_dir: &Path,
+    file: &Path,
+    text: Option<&str>,
+    problems: &[PlanProblem],
+    planning: Option<&PlanningReport>,
+) -> anyhow::Result<u8> {
+    match planning {
+        Some(p) => {
+            let _ = std::fs::remove_dir_all(local::state_dir(run_dir));
+            write_calls(run_dir, p)?;
+        }
+        None => {
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+    }
+    eprint!("{}", render_problems(file, text, problems));
+    if planning.is_some() {
+        eprintln!("the model's answers are kept in {}", run_dir.join(layout::LLM_DIR).display());
+    }
+    Ok(exit::USAGE)
+}
+
+/// The plan L2 accepted (the model's, or the one submitted), written to the run directory
+/// with how it was made.
+pub(crate) fn accepted(
+    cli: &Cli,
+    args: &RunArgs,
+    source: &Source,
+    run_dir: &Path,
+    planned: Option<Plan>,
+    planning: Option<&PlanningReport>,
+) -> anyhow::Result<Plan> {
+    let plan = match (planned, source) {
+        (Some(plan), _) => plan,
+        (None, Source::Plan { plan, .. }) => plan.clone(),
+        (None, Source::Goal { .. }) => {
+            anyhow::bail!("the coordinator accepted a goal without returning its plan")
+        }
+    };
+    write_planning(run_dir, planning, &plan)?;
+    if !args.approve && planning.is_some() && !cli.quiet {
+        print_planned(planning);
+    }
+    Ok(plan)
 }
 
 /// How long L1 waits for the coordinator to accept an explicit plan.

@@ -223,34 +223,11 @@ pub(crate) async fn run(cli: &Cli, args: &RunArgs, url: &str) -> anyhow::Result<
     match reply {
         RunReply::Rejected { problems, planning } => {
             log.close();
-            match &planning {
-                // The model's answers are evidence: keep them with the run directory.
-                Some(p) => commands::write_calls(&run_dir, p)?,
-                None => {
-                    let _ = std::fs::remove_dir_all(&run_dir);
-                }
-            }
-            eprint!("{}", commands::render_problems(file, text.as_deref(), &problems));
-            if planning.is_some() {
-                eprintln!(
-                    "the model's answers are kept in {}",
-                    run_dir.join(layout::LLM_DIR).display()
-                );
-            }
-            Ok(exit::USAGE)
+            commands::rejected(&run_dir, file, text.as_deref(), &problems, planning.as_ref())
         }
         RunReply::Accepted { order, plan: planned, planning, .. } => {
-            let plan = match (planned, &source) {
-                (Some(plan), _) => plan,
-                (None, Source::Plan { plan, .. }) => plan.clone(),
-                (None, Source::Goal { .. }) => {
-                    anyhow::bail!("the coordinator accepted a goal without returning its plan")
-                }
-            };
-            commands::write_planning(&run_dir, planning.as_ref(), &plan)?;
-            if !args.approve && planning.is_some() && !cli.quiet {
-                commands::print_planned(planning.as_ref());
-            }
+            let plan =
+                commands::accepted(cli, args, &source, &run_dir, planned, planning.as_ref())?;
             if args.plan_only {
                 commands::print_plan(&plan, &order);
                 println!("plan checked: {} tasks, nothing was run", plan.tasks.len());
