@@ -600,3 +600,19 @@ fn a_report_template_replaces_report_md_and_a_broken_one_stops_before_the_run() 
     let runs_after = std::fs::read_dir(tmp.path().join("runs")).unwrap().count();
     assert_eq!(runs_before, runs_after, "nothing ran");
 }
+
+/// README's first command, `cargo run --release -p orchestra -- run …`, needs to know which of
+/// the package's binaries to run.
+#[test]
+fn cargo_run_picks_the_orchestra_binary() {
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("\ndefault-run = \"orchestra\"\n"),
+        "orchestrator/Cargo.toml needs default-run"
+    );
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    assert!(readme.contains("cargo run --release -p orchestra -- run examples/hello.yaml"));
+}
