@@ -650,27 +650,59 @@ async fn finish(
     let record = cluster.store().run(&ctx.run_id)?.context("the run vanished from its store")?;
     let tasks = cluster.store().tasks(&ctx.run_id)?;
     cluster.shutdown().await;
-    let summary = report::summarize(&record, &tasks, Timestamp::now());
-    // A broken --report-template is the user's to fix (exit 2), after every other output is
-    // written and the outcome printed.
-    let template_error =
-        match report::write_all(run_dir, &summary, common.report_template.as_deref()) {
-            Ok(()) => None,
-            Err(e) if e.is_template() => Some(e),
-            Err(e) => return Err(anyhow::Error::new(e).context("cannot write the run's report")),
-        };
+    let out = Output {
+        json: common.json,
+        silent: common.silent,
+        template: common.report_template.clone(),
+    };
+    conclude(run_dir, log, &record, &tasks, &out, interrupted, None)
+}
+
+/// How the end of a run is shown.
+#[derive(Debug, Clone)]
+pub(crate) struct Output {
+    /// Print summary.json on stdout.
+    pub json: bool,
+    /// Print nothing (`orchestra eval` made this run and prints its own output).
+    pub silent: bool,
+    /// `--report-template`.
+    pub template: Option<PathBuf>,
+}
+
+/// The end of a run in either mode: summary, artifacts index and reports written from the
+/// stored records, the outcome printed, the exit code returned. `pending` is an error that
+/// must not stop the outputs from being written (results that could not be downloaded);
+/// a broken `--report-template` is the user's to fix (exit 2), after everything else.
+pub(crate) fn conclude(
+    run_dir: &Path,
+    log: &RunLog,
+    record: &orchestra_proto::RunRecord,
+    tasks: &[orchestra_proto::TaskRecord],
+    out: &Output,
+    interrupted: bool,
+    pending: Option<anyhow::Error>,
+) -> anyhow::Result<u8> {
+    let summary = report::summarize(record, tasks, Timestamp::now());
+    let template_error = match report::write_all(run_dir, &summary, out.template.as_deref()) {
+        Ok(()) => None,
+        Err(e) if e.is_template() => Some(e),
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot write the run's report")),
+    };
     let headline = report::headline(&summary);
     log.console(Level::INFO, &headline, None);
     log.console(Level::INFO, &format!("run directory: {}", run_dir.display()), None);
     log.close();
-    if common.silent {
+    if out.silent {
         // `orchestra eval` made this run; it reads summary.json and prints its own output.
-    } else if common.json {
+    } else if out.json {
         use std::io::Write;
         std::io::stdout().write_all(&report::pretty_json(&summary))?;
     } else {
         println!("{headline}");
         println!("run directory: {}", run_dir.display());
+    }
+    if let Some(e) = pending {
+        return Err(e);
     }
     if let Some(e) = template_error {
         return Err(usage(

@@ -11,7 +11,7 @@
 //! the same files from the same sources.
 
 use crate::cli::{AttachArgs, Cli, NatsAuthArgs, RunArgs};
-use crate::commands::{self, Source, usage};
+use crate::commands::{self, Output, Source, usage};
 use crate::exit;
 use crate::logging::{self, RunLog};
 use crate::progress::Progress;
@@ -129,12 +129,6 @@ async fn state(
 }
 
 /// What to print and write at the end of a run.
-struct Output {
-    json: bool,
-    silent: bool,
-    template: Option<PathBuf>,
-}
-
 /// One run followed over NATS.
 struct Session {
     bus: Arc<dyn Bus>,
@@ -507,50 +501,16 @@ impl Session {
         };
         let (run, tasks) = self.final_state().await?;
         let fetched = self.fetch(&run.plan, &tasks).await;
-        let summary = report::summarize(&run, &tasks, Timestamp::now());
-        let template_error =
-            match report::write_all(&self.run_dir, &summary, out.template.as_deref()) {
-                Ok(()) => None,
-                Err(e) if e.is_template() => Some(e),
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context("cannot write the run's report"));
-                }
-            };
-        let headline = report::headline(&summary);
-        self.log.console(Level::INFO, &headline, None);
-        self.log.console(Level::INFO, &format!("run directory: {}", self.run_dir.display()), None);
-        self.log.close();
-        if out.silent {
-        } else if out.json {
-            use std::io::Write;
-            std::io::stdout().write_all(&report::pretty_json(&summary))?;
-        } else {
-            println!("{headline}");
-            println!("run directory: {}", self.run_dir.display());
-        }
-        if let Err(e) = fetched {
-            return Err(e.context(format!(
+        let pending = fetched.err().map(|e| {
+            e.context(format!(
                 "cannot download the results of run `{}` into `{}`; `orchestra attach {} --nats {}` tries again",
                 run.run_id,
                 self.run_dir.display(),
                 run.run_id,
                 self.url
-            )));
-        }
-        if let Some(e) = template_error {
-            return Err(usage(
-                e.describe(),
-                Some("fix the template, or drop --report-template; the other outputs are written"),
-            ));
-        }
-        Ok(if interrupted {
-            exit::INTERRUPTED
-        } else {
-            match summary.status {
-                RunStatus::Succeeded => exit::SUCCESS,
-                _ => exit::FAILED,
-            }
-        })
+            ))
+        });
+        commands::conclude(&self.run_dir, &self.log, &run, &tasks, out, interrupted, pending)
     }
 
     /// Downloads every attempt's output files and every artifact into the run directory.

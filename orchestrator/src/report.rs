@@ -31,9 +31,6 @@ use std::path::{Path, PathBuf};
 /// Version of the `summary.json` shape.
 pub const SUMMARY_SCHEMA_VERSION: u32 = 1;
 
-/// `report.html`, next to `report.md` in the run directory.
-pub const REPORT_HTML: &str = layout::REPORT_HTML;
-
 /// Why the report files could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -365,7 +362,7 @@ pub fn write_all(run_dir: &Path, s: &Summary, template: Option<&Path>) -> Result
     };
     write(layout::SUMMARY, &pretty_json(s))?;
     write(layout::ARTIFACTS_INDEX, &pretty_json(&s.artifacts))?;
-    write(REPORT_HTML, render_html(s, run_dir)?.as_bytes())?;
+    write(layout::REPORT_HTML, render_html(s, run_dir)?.as_bytes())?;
     let markdown = match template {
         None => render_markdown(s, run_dir)?,
         Some(path) => {
@@ -551,7 +548,7 @@ pub(crate) mod tests {
         assert!(err.is_template());
         let msg = err.to_string();
         assert!(msg.contains("broken.md.j2"), "{msg}");
-        for f in [layout::SUMMARY, layout::ARTIFACTS_INDEX, REPORT_HTML] {
+        for f in [layout::SUMMARY, layout::ARTIFACTS_INDEX, layout::REPORT_HTML] {
             assert!(dir.path().join(f).is_file(), "{f} not written");
         }
         assert!(!dir.path().join(layout::REPORT).exists());

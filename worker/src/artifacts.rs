@@ -213,6 +213,26 @@ static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Copies `from` to `to` (creating parents), hashing on the way. The bytes are written to a
 /// temporary file next to `to` and renamed into place only if they match `expect` (when given).
+/// Size and SHA-256 hex of a file, read in chunks.
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 fn copy_hashed(
     from: &Path,
     to: &Path,

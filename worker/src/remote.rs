@@ -355,21 +355,8 @@ async fn hash(bytes: Bytes) -> Result<String, RemoteError> {
 
 /// True when `path` is a file of `size` bytes with this SHA-256.
 fn file_matches(path: &Path, size: u64, sha256: &str) -> bool {
-    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == size) {
-        return false;
-    }
-    let Ok(mut file) = std::fs::File::open(path) else { return false };
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
-    }
-    hex::encode(hasher.finalize()) == sha256
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == size)
+        && artifacts::hash_file(path).is_ok_and(|(n, h)| n == size && h == sha256)
 }
 
 /// Reads at most `max + 1` bytes of `path`, so a caller can tell that it is longer than `max`.
